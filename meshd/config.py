@@ -1,0 +1,205 @@
+"""TOML configuration, structured strictly into attrs classes.
+
+cattrs is lenient by default (``"7002"`` becomes 7002, ``"false"`` becomes True); here every scalar must already
+have its type, unknown keys are refused, and every error is a ConfigError that names the offending key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cattrs
+from attrs import asdict, define, field, frozen
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from meshd.errors import ConfigError
+from meshd.protocol import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+DEFAULT_ADMIN_PORT = 7100
+
+
+@frozen(order=True)
+class Address:
+    """A TCP endpoint, written ``host:port`` (``[v6addr]:port`` for IPv6)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(f"port {number} is outside 0..65535")
+        return cls(host, number)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@define
+class ClusterConfig:
+    name: str
+    peers: list[Address]
+
+
+@define
+class Timeouts:
+    """Seconds. Defaults suit a LAN or loopback; every value must be positive."""
+
+    connect: float = 1.0
+    handshake: float = 1.0
+    heartbeat_interval: float = 0.25
+    heartbeat_timeout: float = 1.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 1.0
+    bind: float = 10.0  # how long a busy mesh or admin port is retried before exit 1
+
+
+@define
+class AdminConfig:
+    listen: Address = field(factory=lambda: Address("127.0.0.1", DEFAULT_ADMIN_PORT))
+
+
+@define
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@define
+class Config:
+    cluster: ClusterConfig
+    timeouts: Timeouts = field(factory=Timeouts)
+    admin: AdminConfig = field(factory=AdminConfig)
+    log: LogConfig = field(factory=LogConfig)
+    index: int | None = None
+    epoch: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.cluster.peers)
+
+
+T = TypeVar("T")
+
+
+def _strict(kind: type[T], accepts: tuple[type, ...]) -> Callable[[Any, type], T]:
+    """A structure hook that takes only values already of an accepted type (never bool for a number)."""
+
+    def hook(value: Any, _: type) -> T:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {kind.__name__}, got a boolean")
+        if not isinstance(value, accepts):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)  # type: ignore[call-arg]
+
+    return hook
+
+
+def _structure_address(value: Any, _: type) -> Address:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a 'HOST:PORT' string, got {type(value).__name__} {value!r}")
+    return Address.parse(value)
+
+
+def _converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _strict(int, (int,)))
+    converter.register_structure_hook(float, _strict(float, (int, float)))
+    converter.register_structure_hook(str, _strict(str, (str,)))
+    converter.register_structure_hook(bool, _strict(bool, (bool,)))
+    converter.register_structure_hook(Address, _structure_address)
+    return converter
+
+
+_CONVERTER = _converter()
+
+
+def _locate(exc: BaseException, path: str) -> ConfigError:
+    """The first leaf of cattrs' nested validation error, as a ConfigError naming its full key."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return ConfigError(f"{path}.{sorted(exc.extra_fields)[0]}".lstrip("."), "unknown key")
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        located, _ = exc.group_exceptions()
+        if located:
+            inner, note = located[0]
+            step = f"[{note.index}]" if isinstance(exc, IterableValidationError) else f".{note.name}"
+            return _locate(inner, path + step)
+        return _locate(exc.exceptions[0], path)
+    key = path.lstrip(".") or "config"
+    if isinstance(exc, KeyError):
+        return ConfigError(key, "required key missing")
+    if isinstance(exc, AttributeError):
+        return ConfigError(key, "expected a table")
+    return ConfigError(key, str(exc))
+
+
+def structure(raw: dict[str, Any]) -> Config:
+    """A validated Config from parsed TOML, or a ConfigError naming the first bad key."""
+    try:
+        config = _CONVERTER.structure(raw, Config)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise _locate(exc, "") from exc
+    validate(config)
+    return config
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    return structure(raw)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def validate(config: Config) -> None:
+    """Checks that span fields or bound values; each failure names its key."""
+    name = config.cluster.name
+    _require(bool(name), "cluster.name", "must not be empty")
+    _require(len(name.encode("utf-8")) <= MAX_NAME_BYTES, "cluster.name", f"longer than {MAX_NAME_BYTES} bytes")
+    peers = config.cluster.peers
+    _require(2 <= len(peers) <= MAX_CLUSTER_SIZE, "cluster.peers", f"needs 2 to {MAX_CLUSTER_SIZE} addresses")
+    seen: dict[Address, int] = {}
+    for position, address in enumerate(peers):
+        key = f"cluster.peers[{position}]"
+        _require(address.port != 0, key, "a mesh address needs a fixed port, not 0")
+        _require(address not in seen, key, f"duplicate address {address}, already cluster.peers[{seen.get(address)}]")
+        seen[address] = position
+    timeouts = config.timeouts
+    for key, value in asdict(timeouts).items():
+        _require(value > 0, f"timeouts.{key}", f"must be positive, got {value}")
+    _require(
+        timeouts.heartbeat_timeout > timeouts.heartbeat_interval,
+        "timeouts.heartbeat_timeout",
+        f"must exceed timeouts.heartbeat_interval ({timeouts.heartbeat_interval})",
+    )
+    _require(
+        timeouts.backoff_max >= timeouts.backoff_initial,
+        "timeouts.backoff_max",
+        f"must be at least timeouts.backoff_initial ({timeouts.backoff_initial})",
+    )
+    level = config.log.level.upper()
+    _require(level in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    config.log.level = level
+    _require(config.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if config.index is not None:
+        _require(0 <= config.index < len(peers), "index", f"must be in 0..{len(peers) - 1}, got {config.index}")
+    if config.epoch is not None:
+        _require(0 <= config.epoch <= U64_MAX, "epoch", f"must be a non-negative 64-bit integer, got {config.epoch}")

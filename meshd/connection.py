@@ -1,0 +1,125 @@
+"""The thin I/O shell around the sans-I/O protocol: one framed connection, and the handshake run over it.
+
+Transport errors (OSError, trio's Broken/ClosedResourceError) and the peer's protocol errors are converted to
+LinkFailure here and nowhere else, so the link code above sees one error type for "this connection is done".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import trio
+
+from meshd.errors import Fenced, LinkFailure, MeshdError, RemoteProtocolError
+from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustFence, Refused, Rejected
+from meshd.net import describe_os_error
+from meshd.protocol import Frame, FrameDecoder, Hello, Refuse, RefuseReason, encode
+
+# Bytes asked of the transport per read; frames are tiny, this only bounds one read.
+RECEIVE_CHUNK = 64 * 1024
+# How long a parting frame (a refusal, a goodbye) may take before the connection is closed regardless.
+PARTING_TIMEOUT = 0.5
+
+
+@contextmanager
+def converted_errors() -> Iterator[None]:
+    """The one place where transport and remote protocol errors become LinkFailure."""
+    try:
+        yield
+    except RemoteProtocolError as exc:
+        raise LinkFailure(f"protocol error: {exc}") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise LinkFailure(f"connection broken: {exc.__cause__ or exc}") from exc
+    except OSError as exc:
+        raise LinkFailure(f"connection error: {describe_os_error(exc)}") from exc
+
+
+class FramedConnection:
+    """A byte stream carrying meshd frames: sends are serialised by one lock, one task reads."""
+
+    def __init__(self, stream: trio.abc.Stream, decoder: FrameDecoder | None = None) -> None:
+        self.stream = stream
+        self.decoder = decoder or FrameDecoder()
+        self._send_lock = trio.Lock()
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not data:
+            return
+        async with self._send_lock:
+            with converted_errors():
+                await self.stream.send_all(data)
+
+    async def send(self, frame: Frame) -> None:
+        await self.send_bytes(encode(frame))
+
+    async def fill(self) -> None:
+        """Read once from the transport into the decoder; end of stream is fed as such."""
+        with converted_errors():
+            data = await self.stream.receive_some(RECEIVE_CHUNK)
+        if data:
+            self.decoder.receive_data(data)
+        else:
+            self.decoder.receive_eof()
+
+    async def receive(self) -> Frame:
+        """The next frame; LinkFailure when the peer closed, broke the connection or sent garbage."""
+        while True:
+            with converted_errors():
+                frame = self.decoder.next_frame()
+            if frame is not None:
+                return frame
+            if self.decoder.at_eof:
+                raise LinkFailure("peer closed the connection")
+            await self.fill()
+
+    async def part(self, frame: Frame) -> None:
+        """Send a last frame if the transport takes it quickly, then close. Never raises."""
+        with trio.move_on_after(PARTING_TIMEOUT):
+            with suppress(LinkFailure):
+                await self.send(frame)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def handshake(
+    stream: trio.abc.Stream, me: Identity, expected_peer: int | None, timeout: float
+) -> tuple[FramedConnection, Hello]:
+    """Run the hello exchange; the established connection and the peer's hello.
+
+    Raises LinkFailure (refused either way, garbage, timeout, transport error) or Fenced; the stream is closed then.
+    """
+    machine = Handshake(me, expected_peer)
+    conn = FramedConnection(stream, machine.decoder)
+    event: HandshakeEvent | None = None
+    try:
+        with trio.move_on_after(timeout):
+            await conn.send_bytes(machine.data_to_send())
+            while (event := machine.next_event()) is None:
+                await conn.fill()
+        if isinstance(event, Established):
+            return conn, event.hello
+        if isinstance(event, Refused):
+            with trio.move_on_after(PARTING_TIMEOUT):
+                await conn.send_bytes(machine.data_to_send())
+        raise _handshake_error(event, me, timeout)
+    except BaseException:
+        await conn.aclose()
+        raise
+
+
+def _handshake_error(event: Refused | Rejected | MustFence | None, me: Identity, timeout: float) -> MeshdError:
+    match event:
+        case Refused(reason=reason, detail=detail):
+            return LinkFailure(f"refused peer ({reason.name.lower()}): {detail}")
+        case Rejected(reason=reason, detail=detail):
+            return LinkFailure(f"peer refused us ({reason.name.lower() if reason else 'closed'}): {detail}")
+        case MustFence(peer=peer, epoch=epoch):
+            return Fenced(peer, epoch, me.epoch)
+    return LinkFailure(f"handshake timed out after {timeout}s")
+
+
+def duplicate_refusal(me: Identity, detail: str) -> Refuse:
+    return Refuse(RefuseReason.DUPLICATE, me.epoch, detail)

@@ -1,0 +1,161 @@
+"""The daemon: binds the mesh port, runs the accept loop, one PeerLink per peer and the admin server.
+
+Task tree (every failure stays inside the smallest box that can hold it)::
+
+    daemon scope (cancelled only by the supervisor: fence or stop)
+    ├── accept loop ── one task per inbound connection, each under the handshake timeout
+    ├── admin websocket server (optional)
+    └── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import signal
+
+import trio
+from attrs import frozen
+from loguru import logger
+
+from meshd.config import Address, Config
+from meshd.connection import duplicate_refusal, handshake
+from meshd.errors import BindError, Fenced, LinkFailure
+from meshd.handshake import Identity
+from meshd.link import PeerLink
+from meshd.net import Network, TcpNetwork, bind_with_retry
+from meshd.protocol import Epoch
+from meshd.supervisor import Supervisor
+
+# How long an orderly stop waits for goodbyes to go out before cancelling everything.
+STOP_GRACE = 1.0
+# How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
+ACCEPT_ERROR_PAUSE = 0.1
+
+
+@frozen
+class Settings:
+    """Everything one daemon needs, after the config file and the command line are merged."""
+
+    config: Config
+    index: int
+    epoch: Epoch
+    admin: Address | None
+
+
+def new_incarnation() -> int:
+    """A random id minted at process start: tells a restarted peer from a reconnect of the same process."""
+    return secrets.randbits(64)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        net: Network | None = None,
+        incarnation: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        config = settings.config
+        self.settings = settings
+        self.net: Network = net or TcpNetwork()
+        self.me = Identity(
+            cluster=config.cluster.name,
+            index=settings.index,
+            size=config.size,
+            epoch=settings.epoch,
+            incarnation=new_incarnation() if incarnation is None else incarnation,
+        )
+        self.supervisor = Supervisor(self.me, config.cluster.peers)
+        rng = rng or random.Random()
+        self.links = {
+            peer: PeerLink(peer, address, self.me, self.net, config.timeouts, self.supervisor, rng)
+            for peer, address in enumerate(config.cluster.peers)
+            if peer != settings.index
+        }
+        self.mesh_address = config.cluster.peers[settings.index]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Run until fenced (returns 75) or stopped (returns 0); ``task_status`` reports when the mesh port listens."""
+        timeouts = self.settings.config.timeouts
+        listeners = await bind_with_retry(self.net, self.mesh_address, timeouts.bind, "mesh port")
+        logger.bind(index=self.me.index).info(
+            "listening on {} as index {} of {} in cluster {!r}, epoch {}, incarnation {:016x}",
+            self.mesh_address,
+            self.me.index,
+            self.me.size,
+            self.me.cluster,
+            self.me.epoch,
+            self.me.incarnation,
+        )
+        admin_listeners = []
+        if self.settings.admin is not None:
+            try:
+                admin_listeners = await bind_with_retry(self.net, self.settings.admin, timeouts.bind, "admin websocket")
+            except BindError:
+                for listener in listeners:
+                    await listener.aclose()
+                raise
+        with trio.CancelScope() as scope:
+            self.supervisor.attach(scope)
+            async with trio.open_nursery() as nursery:
+                if admin_listeners:
+                    from meshd.admin import serve_admin  # the websocket stack loads after the mesh port listens
+
+                    await nursery.start(serve_admin, admin_listeners, self.supervisor)
+                for link in self.links.values():
+                    await nursery.start(link.run)
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener)
+                task_status.started()
+        return self.supervisor.exit_code
+
+    async def stop(self, reason: str) -> None:
+        """Orderly stop: tell every peer goodbye (bounded by STOP_GRACE), then cancel everything."""
+        self.supervisor.stop(reason)
+        with trio.move_on_after(STOP_GRACE):
+            async with trio.open_nursery() as nursery:
+                for link in self.links.values():
+                    nursery.start_soon(link.close, reason)
+        self.supervisor.cancel()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        async with listener, trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of file descriptors and the like: pause, keep serving
+                    self.supervisor.inbound_refused(f"accept failed: {exc.strerror or exc}")
+                    await trio.sleep(ACCEPT_ERROR_PAUSE)
+                    continue
+                nursery.start_soon(self._handle_inbound, stream)
+
+    async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
+        """Handshake one inbound connection and hand it to its peer's link; garbage is closed and disturbs nothing."""
+        try:
+            conn, hello = await handshake(stream, self.me, None, self.settings.config.timeouts.handshake)
+        except LinkFailure as exc:
+            self.supervisor.inbound_refused(exc.reason)
+            return
+        except Fenced as exc:
+            self.supervisor.fence(exc)
+            return
+        if not self.links[hello.sender].offer(conn, hello, dialer=hello.sender):
+            await conn.part(duplicate_refusal(self.me, "a link from the lower index is already up"))
+
+
+async def serve(settings: Settings) -> int:
+    """Run a daemon as a process: SIGTERM and SIGINT stop it in order. Returns the exit code."""
+    daemon = Daemon(settings)
+
+    async def stop_on_signal(signals: trio.abc.ReceiveChannel[int]) -> None:
+        async for signum in signals:
+            await daemon.stop(f"received {signal.Signals(signum).name}")
+            return
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal, signals)
+            code = await daemon.run()
+            nursery.cancel_scope.cancel()
+    return code

@@ -1,0 +1,56 @@
+"""The short list of errors meshd raises, each converted once where I/O happens.
+
+Every error carries what a log line or an exit code needs; nothing classifies errors by matching message strings.
+"""
+
+from __future__ import annotations
+
+
+class MeshdError(Exception):
+    """Base of every error meshd raises on purpose."""
+
+
+class ConfigError(MeshdError):
+    """The configuration or the command line is unusable; ``key`` names the offending setting (exit code 2)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class LocalProtocolError(MeshdError):
+    """We were asked to send something the protocol does not allow: a bug on our side, never the peer's fault."""
+
+
+class RemoteProtocolError(MeshdError):
+    """The peer sent bytes that are not a valid meshd frame, or a frame that is illegal in the current state."""
+
+
+class LinkFailure(MeshdError):
+    """A peer link or a connection attempt ended; ``reason`` is the short text shown in status and logs.
+
+    Raised by the I/O shell only; it disturbs nothing beyond the link that raised it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BindError(MeshdError):
+    """A listening address stayed unavailable (busy port, bad host) for the whole bounded retry period (exit 1)."""
+
+
+class Fenced(MeshdError):
+    """A peer runs a newer epoch: this process belongs to a finished generation and must exit (exit code 75)."""
+
+    def __init__(self, peer: int, peer_epoch: object, own_epoch: object) -> None:
+        super().__init__(f"peer {peer} runs epoch {peer_epoch}, newer than ours ({own_epoch})")
+        self.peer = peer
+        self.peer_epoch = peer_epoch
+        self.own_epoch = own_epoch
+
+
+class AdminUnreachable(MeshdError):
+    """No admin websocket answered at the given address (``meshd status``/``watch`` exit 1)."""

@@ -1,0 +1,161 @@
+"""One peer link: a dial loop and the current connection, in one nursery of its own.
+
+A failing connection (EOF, reset, heartbeat timeout, protocol error) cancels only its own session scope; the link
+then marks the peer down and its dial loop starts again with capped, jittered back-off. Connections arriving
+from the accept loop are offered to the link, which keeps exactly one per pair (``handshake.replaces``).
+"""
+
+from __future__ import annotations
+
+import random
+
+import trio
+from attrs import define, field
+
+from meshd.backoff import Backoff
+from meshd.config import Address, Timeouts
+from meshd.connection import FramedConnection, duplicate_refusal, handshake
+from meshd.errors import Fenced, LinkFailure
+from meshd.handshake import Identity, LinkOrigin, replaces
+from meshd.net import Network, describe_os_error
+from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse
+from meshd.supervisor import Supervisor
+
+
+@define(eq=False)
+class Session:
+    """One established connection serving as the link; its scope is cancelled when it fails or is replaced."""
+
+    conn: FramedConnection
+    origin: LinkOrigin
+    scope: trio.CancelScope = field(factory=trio.CancelScope)
+    failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self.scope.cancel()
+
+
+class PeerLink:
+    def __init__(
+        self,
+        peer: int,
+        address: Address,
+        me: Identity,
+        net: Network,
+        timeouts: Timeouts,
+        supervisor: Supervisor,
+        rng: random.Random,
+    ) -> None:
+        self.peer = peer
+        self.address = address
+        self.me = me
+        self._net = net
+        self._timeouts = timeouts
+        self._supervisor = supervisor
+        self._backoff = Backoff(timeouts.backoff_initial, timeouts.backoff_max, rng)
+        self._session: Session | None = None
+        self._went_down = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def is_up(self) -> bool:
+        return self._session is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the link until cancelled; reports started once ``offer`` may be called."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._dial_loop)
+            task_status.started()
+
+    def offer(self, conn: FramedConnection, hello: Hello, dialer: int) -> bool:
+        """Make an established connection this peer's link, unless the current one wins the tie-break."""
+        assert self._nursery is not None, "offer() before run()"
+        origin = LinkOrigin(dialer, hello.incarnation)
+        current = self._session
+        if current is not None:
+            if not replaces(self.me.index, self.peer, current.origin, origin):
+                return False
+            current.fail("replaced by a newer connection")
+        session = Session(conn, origin)
+        self._session = session
+        self._backoff.reset()
+        self._supervisor.link_up(self.peer, hello, dialer)
+        self._nursery.start_soon(self._run_session, session)
+        return True
+
+    async def close(self, reason: str) -> None:
+        """Say goodbye on the current link, if any, and close it."""
+        session = self._session
+        if session is not None:
+            self._session = None
+            session.scope.cancel()
+            await session.conn.part(Goodbye(reason))
+
+    async def _dial_loop(self) -> None:
+        while True:
+            if self._session is not None:
+                self._went_down = trio.Event()
+                await self._went_down.wait()
+            try:
+                conn, hello = await self._dial()
+            except LinkFailure as exc:
+                self._supervisor.attempt_failed(self.peer, exc.reason)
+                await trio.sleep(self._backoff.next_delay())
+                continue
+            except Fenced as exc:
+                self._supervisor.fence(exc)
+                return
+            if not self.offer(conn, hello, dialer=self.me.index):
+                await conn.part(duplicate_refusal(self.me, "a link from the lower index is already up"))
+
+    async def _dial(self) -> tuple[FramedConnection, Hello]:
+        with trio.move_on_after(self._timeouts.connect) as connecting:
+            try:
+                stream = await self._net.connect(self.address)
+            except OSError as exc:
+                raise LinkFailure(f"connect to {self.address} failed: {describe_os_error(exc)}") from exc
+        if connecting.cancelled_caught:
+            raise LinkFailure(f"connect to {self.address} timed out after {self._timeouts.connect}s")
+        return await handshake(stream, self.me, self.peer, self._timeouts.handshake)
+
+    async def _run_session(self, session: Session) -> None:
+        with session.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_heartbeats, session)
+                await self._receive(session)
+        await session.conn.aclose()
+        if self._session is session:
+            self._session = None
+            self._supervisor.link_down(self.peer, session.failure or "link closed")
+            self._went_down.set()
+
+    async def _send_heartbeats(self, session: Session) -> None:
+        try:
+            while True:
+                await session.conn.send(Heartbeat())
+                await trio.sleep(self._timeouts.heartbeat_interval)
+        except LinkFailure as exc:
+            session.fail(exc.reason)
+
+    async def _receive(self, session: Session) -> None:
+        """Read frames until the link fails; silence longer than the heartbeat timeout is a failure."""
+        timeout = self._timeouts.heartbeat_timeout
+        try:
+            while True:
+                with trio.move_on_after(timeout):
+                    frame = await session.conn.receive()
+                    match frame:
+                        case Heartbeat():
+                            continue
+                        case Goodbye(reason=reason):
+                            raise LinkFailure(f"peer left: {reason}")
+                        case Refuse(reason=reason, detail=detail):
+                            raise LinkFailure(f"peer refused the link ({reason.name.lower()}): {detail}")
+                        case _:
+                            raise LinkFailure(f"protocol error: unexpected {type(frame).__name__} on an up link")
+                raise LinkFailure(f"no heartbeat for {timeout}s")
+        except LinkFailure as exc:
+            session.fail(exc.reason)

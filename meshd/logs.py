@@ -1,0 +1,36 @@
+"""Logging setup: loguru to stderr, as readable text or as one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from loguru import logger
+
+TEXT_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>meshd[{extra[index]}]</cyan> {message}"
+)
+
+
+def _json_sink(message: Any) -> None:
+    record = message.record
+    line = {
+        "time": record["time"].timestamp(),
+        "level": record["level"].name,
+        "message": record["message"],
+        **{key: value for key, value in record["extra"].items() if value is not None},
+    }
+    sys.stderr.write(json.dumps(line, default=str) + "\n")
+    sys.stderr.flush()
+
+
+def configure(level: str, fmt: str) -> None:
+    """Replace loguru's default sink; every line carries ``extra.index`` (``-`` outside a daemon)."""
+    logger.remove()
+    logger.configure(extra={"index": "-"})
+    if fmt == "json":
+        logger.add(_json_sink, level=level)
+    else:
+        logger.add(sys.stderr, level=level, format=TEXT_FORMAT, colorize=sys.stderr.isatty())

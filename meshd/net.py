@@ -1,0 +1,64 @@
+"""The network as an injectable interface: the only place in the daemon where sockets are opened.
+
+``TcpNetwork`` is the real one; ``meshd.simnet.MemoryNetwork`` runs the same daemon code over in-memory streams in
+virtual time. Connection errors leave this module as OSError and are converted to LinkFailure by the caller's
+single conversion point (``meshd.connection``); bind errors are retried here and become BindError.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from meshd.config import Address
+from meshd.errors import BindError
+
+# How often a busy port is tried again while the bind period lasts.
+BIND_RETRY_INTERVAL = 0.1
+
+
+class Network(Protocol):
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        """An open byte stream to ``address``; raises OSError when nobody accepts."""
+        ...
+
+    async def listen(self, address: Address) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
+        """Listeners bound to ``address``; raises OSError (EADDRINUSE when the port is busy)."""
+        ...
+
+
+class TcpNetwork:
+    """Real TCP. Listeners set SO_REUSEADDR (trio's default), so only a live listener makes a port busy."""
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(address.host, address.port)
+
+    async def listen(self, address: Address) -> Sequence[trio.SocketListener]:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The kernel's words for a failed connect, digging under trio's "all attempts ... failed" wrapper."""
+    causes = getattr(exc.__cause__, "exceptions", None)
+    if causes and isinstance(causes[0], OSError) and causes[0].strerror:
+        return causes[0].strerror
+    return exc.strerror or str(exc)
+
+
+async def bind_with_retry(
+    net: Network, address: Address, period: float, what: str
+) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
+    """Listeners on ``address``, retrying a busy port for ``period`` seconds (an old incarnation may still hold it)."""
+    deadline = trio.current_time() + period
+    while True:
+        try:
+            return await net.listen(address)
+        except OSError as exc:
+            retryable = exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+            if not retryable or trio.current_time() + BIND_RETRY_INTERVAL > deadline:
+                reason = describe_os_error(exc)
+                raise BindError(f"cannot listen on {address} for the {what}: {reason}") from exc
+        await trio.sleep(BIND_RETRY_INTERVAL)

@@ -1,0 +1,272 @@
+"""The meshd wire format: length-prefixed binary frames. Pure functions and data, no I/O.
+
+Frame layout, all integers big-endian::
+
+    u32 length   (of the type byte plus the payload; at most MAX_FRAME_SIZE)
+    u8  type     (FrameType)
+    ... payload
+
+Payloads:
+
+    HELLO      magic "MSHD", u16 version, u16 sender, u16 target (NO_TARGET from a listener),
+               u64 epoch.major, u64 epoch.minor, u64 incarnation, u8 name length, cluster name (UTF-8)
+    REFUSE     u8 RefuseReason, u64 epoch.major, u64 epoch.minor (the refuser's), u16 length, detail (UTF-8)
+    HEARTBEAT  empty
+    GOODBYE    u16 length, reason (UTF-8)
+
+Magic and version lead the hello so that a peer speaking another version is recognised before the rest is parsed.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from functools import total_ordering
+
+from attrs import frozen
+
+from meshd.errors import LocalProtocolError, RemoteProtocolError
+
+MAGIC = b"MSHD"
+PROTOCOL_VERSION = 1
+# A hello is under 300 bytes; anything near this limit is garbage or an attack, never a meshd peer.
+MAX_FRAME_SIZE = 64 * 1024
+# The target index a listener puts in its hello: it learns who dialed only from the dialer's hello.
+NO_TARGET = 0xFFFF
+# Indices travel as u16 and NO_TARGET is reserved.
+MAX_CLUSTER_SIZE = NO_TARGET
+# The cluster name travels with a u8 length.
+MAX_NAME_BYTES = 255
+U64_MAX = 2**64 - 1
+
+_LENGTH = struct.Struct(">I")
+_HELLO_HEAD = struct.Struct(">4sH")
+_HELLO_BODY = struct.Struct(">HHQQQB")
+_REFUSE_HEAD = struct.Struct(">BQQH")
+_TEXT_HEAD = struct.Struct(">H")
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1  # first frame on every connection, from both ends
+    REFUSE = 2  # why the sender will close this connection instead of linking
+    HEARTBEAT = 3  # liveness on an up link
+    GOODBYE = 4  # the sender is shutting down on purpose; the link ends without an error
+
+
+class RefuseReason(enum.IntEnum):
+    STALE_EPOCH = 1  # the receiver runs an older epoch: it learns it is stale and fences itself
+    WRONG_CLUSTER = 2  # the hello names another cluster
+    WRONG_INDEX = 3  # the sender or target index does not fit the receiver's view of the cluster
+    BAD_VERSION = 4  # the peer speaks a protocol version we do not
+    PROTOCOL_ERROR = 5  # the peer sent bytes that are not valid meshd frames
+    DUPLICATE = 6  # a link to this peer is already up and wins the tie-break
+
+
+@total_ordering
+@frozen
+class Epoch:
+    """A totally ordered generation number: (major, minor), compared lexicographically.
+
+    A controller's integer epoch E is ``Epoch(E, 0)``; a self-minted generation can be ``(milliseconds, nonce)``.
+    """
+
+    major: int
+    minor: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        for part in (self.major, self.minor):
+            if not 0 <= part <= U64_MAX:
+                raise LocalProtocolError(f"epoch parts must fit in 64 bits, got {self.major}.{self.minor}")
+
+    def __lt__(self, other: Epoch) -> bool:
+        return (self.major, self.minor) < (other.major, other.minor)
+
+    def __str__(self) -> str:
+        return str(self.major) if self.minor == 0 else f"{self.major}.{self.minor:016x}"
+
+    def to_json(self) -> int | str:
+        """An integer for a controller epoch (what the user typed), a string for a two-part generation."""
+        return self.major if self.minor == 0 else str(self)
+
+
+@frozen
+class Hello:
+    """Who the sender is and what it believes: sent first by both ends of every connection."""
+
+    cluster: str
+    sender: int
+    target: int
+    epoch: Epoch
+    incarnation: int
+    version: int = PROTOCOL_VERSION
+
+
+@frozen
+class Refuse:
+    reason: RefuseReason
+    epoch: Epoch
+    detail: str
+
+
+@frozen
+class Heartbeat:
+    pass
+
+
+@frozen
+class Goodbye:
+    reason: str
+
+
+Frame = Hello | Refuse | Heartbeat | Goodbye
+
+
+def _text(data: str, limit: int) -> bytes:
+    """UTF-8 of ``data`` cut to at most ``limit`` bytes without splitting a character."""
+    return data.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def encode(frame: Frame) -> bytes:
+    """The bytes of one frame, length prefix included."""
+    match frame:
+        case Hello():
+            name = frame.cluster.encode("utf-8")
+            if len(name) > MAX_NAME_BYTES:
+                raise LocalProtocolError(f"cluster name longer than {MAX_NAME_BYTES} bytes")
+            body = (
+                _HELLO_HEAD.pack(MAGIC, frame.version)
+                + _HELLO_BODY.pack(
+                    frame.sender,
+                    frame.target,
+                    frame.epoch.major,
+                    frame.epoch.minor,
+                    frame.incarnation,
+                    len(name),
+                )
+                + name
+            )
+            kind = FrameType.HELLO
+        case Refuse():
+            detail = _text(frame.detail, 1024)
+            body = _REFUSE_HEAD.pack(frame.reason, frame.epoch.major, frame.epoch.minor, len(detail)) + detail
+            kind = FrameType.REFUSE
+        case Heartbeat():
+            body = b""
+            kind = FrameType.HEARTBEAT
+        case Goodbye():
+            reason = _text(frame.reason, 1024)
+            body = _TEXT_HEAD.pack(len(reason)) + reason
+            kind = FrameType.GOODBYE
+        case _:
+            raise LocalProtocolError(f"not a frame: {frame!r}")
+    return _LENGTH.pack(len(body) + 1) + bytes([kind]) + body
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """The peer's hello carries our magic but another protocol version."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"peer speaks protocol version {version}, we speak {PROTOCOL_VERSION}")
+        self.version = version
+
+
+def _decode_text(payload: bytes, offset: int, what: str) -> str:
+    """The length-prefixed UTF-8 text that ends the payload at ``offset``."""
+    start = offset + _TEXT_HEAD.size
+    if len(payload) < start:
+        raise RemoteProtocolError(f"truncated {what} frame")
+    (length,) = _TEXT_HEAD.unpack_from(payload, offset)
+    if len(payload) != start + length:
+        raise RemoteProtocolError(f"{what} text length does not match the frame")
+    try:
+        return payload[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"{what} text is not UTF-8") from exc
+
+
+def _decode_hello(payload: bytes) -> Hello:
+    if len(payload) < _HELLO_HEAD.size or payload[:4] != MAGIC:
+        raise RemoteProtocolError("hello without the meshd magic")
+    _, version = _HELLO_HEAD.unpack_from(payload)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(version)
+    if len(payload) < _HELLO_HEAD.size + _HELLO_BODY.size:
+        raise RemoteProtocolError("truncated hello")
+    sender, target, major, minor, incarnation, name_length = _HELLO_BODY.unpack_from(payload, _HELLO_HEAD.size)
+    name = payload[_HELLO_HEAD.size + _HELLO_BODY.size :]
+    if len(name) != name_length:
+        raise RemoteProtocolError("hello cluster name length does not match the frame")
+    try:
+        cluster = name.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("hello cluster name is not UTF-8") from exc
+    return Hello(cluster, sender, target, Epoch(major, minor), incarnation, version)
+
+
+def _decode_refuse(payload: bytes) -> Refuse:
+    if len(payload) < _REFUSE_HEAD.size:
+        raise RemoteProtocolError("truncated refuse frame")
+    code, major, minor, _ = _REFUSE_HEAD.unpack_from(payload)
+    try:
+        reason = RefuseReason(code)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"unknown refuse reason {code}") from exc
+    detail = _decode_text(payload, _REFUSE_HEAD.size - _TEXT_HEAD.size, "refuse")
+    return Refuse(reason, Epoch(major, minor), detail)
+
+
+def decode_frame(kind: int, payload: bytes) -> Frame:
+    """One frame from its type byte and payload; raises RemoteProtocolError on anything malformed."""
+    match kind:
+        case FrameType.HELLO:
+            return _decode_hello(payload)
+        case FrameType.REFUSE:
+            return _decode_refuse(payload)
+        case FrameType.HEARTBEAT:
+            if payload:
+                raise RemoteProtocolError("heartbeat with a payload")
+            return Heartbeat()
+        case FrameType.GOODBYE:
+            return Goodbye(_decode_text(payload, 0, "goodbye"))
+    raise RemoteProtocolError(f"unknown frame type {kind}")
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames: feed bytes with ``receive_data``, take frames with ``next_frame``.
+
+    End of stream is an explicit input; after it, a partial frame left in the buffer is a protocol error.
+    """
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_size
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            raise LocalProtocolError("data fed after end of stream")
+        self._buffer += data
+
+    def receive_eof(self) -> None:
+        self._eof = True
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the stream ended and every whole frame was taken."""
+        return self._eof and not self._buffer
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None when more bytes are needed (or the stream ended cleanly)."""
+        if len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length == 0 or length > self._max:
+                raise RemoteProtocolError(f"frame length {length} outside 1..{self._max}")
+            end = _LENGTH.size + length
+            if len(self._buffer) >= end:
+                kind = self._buffer[_LENGTH.size]
+                payload = bytes(self._buffer[_LENGTH.size + 1 : end])
+                del self._buffer[:end]
+                return decode_frame(kind, payload)
+        if self._eof and self._buffer:
+            raise RemoteProtocolError(f"stream ended inside a frame ({len(self._buffer)} bytes left)")
+        return None
