@@ -73,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "show a daemon's mesh status"), ("watch", "print a daemon's events as they happen")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument(
-            "--admin", type=_address, default=Address.parse(DEFAULT_ADMIN), help=f"default {DEFAULT_ADMIN}"
-        )
+        sub.add_argument("--admin", type=_address, default=DEFAULT_ADMIN, help=f"default {DEFAULT_ADMIN}")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     cluster = commands.add_parser("cluster", help="run a local cluster with a controller that restarts crashed daemons")
