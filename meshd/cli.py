@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return trio.run(serve, settings)
     except BindError as exc:
-        logger.bind(index=settings.index).error("{}", exc)
+        logger.bind(index=settings.index, epoch=str(settings.epoch)).error("{}", exc)
         return EXIT_FAILURE
 
 

@@ -79,7 +79,7 @@ class Daemon:
         """Run until fenced (returns 75) or stopped (returns 0); ``task_status`` reports when the mesh port listens."""
         timeouts = self.settings.config.timeouts
         listeners = await bind_with_retry(self.net, self.mesh_address, timeouts.bind, "mesh port")
-        logger.bind(index=self.me.index).info(
+        logger.bind(index=self.me.index, epoch=str(self.me.epoch)).info(
             "listening on {} as index {} of {} in cluster {!r}, epoch {}, incarnation {:016x}",
             self.mesh_address,
             self.me.index,

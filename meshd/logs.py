@@ -10,7 +10,7 @@ from loguru import logger
 
 TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>meshd[{extra[index]}]</cyan> {message}"
+    "<cyan>meshd[{extra[index]}] epoch {extra[epoch]}</cyan> {message}"
 )
 
 
@@ -27,9 +27,9 @@ def _json_sink(message: Any) -> None:
 
 
 def configure(level: str, fmt: str) -> None:
-    """Replace loguru's default sink; every line carries ``extra.index`` (``-`` outside a daemon)."""
+    """Replace loguru's default sink; every line carries ``index`` and ``epoch`` (``-`` where unknown)."""
     logger.remove()
-    logger.configure(extra={"index": "-"})
+    logger.configure(extra={"index": "-", "epoch": "-"})
     if fmt == "json":
         logger.add(_json_sink, level=level)
     else:
