@@ -6,14 +6,18 @@ have its type, unknown keys are refused, and every error is a ConfigError that n
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
+import attrs
 import cattrs
 from attrs import asdict, define, field, frozen
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from meshd.errors import ConfigError
 from meshd.protocol import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
@@ -112,8 +116,26 @@ def _structure_address(value: Any, _: type) -> Address:
     return Address.parse(value)
 
 
+def _only(kind: type, name: str, inner: Callable[[Any, type], T]) -> Callable[[Any, type], T]:
+    """Wrap a generated hook so that a value of the wrong container type is named as such, not iterated."""
+
+    def hook(value: Any, target: type) -> T:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
+        return inner(value, target)
+
+    return hook
+
+
 def _converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook_factory(
+        attrs.has, lambda cls: _only(dict, "a table", make_dict_structure_fn(cls, converter))
+    )
+    converter.register_structure_hook_factory(
+        lambda cls: get_origin(cls) is list,
+        lambda cls: _only(list, "an array", list_structure_factory(cls, converter)),
+    )
     converter.register_structure_hook(int, _strict(int, (int,)))
     converter.register_structure_hook(float, _strict(float, (int, float)))
     converter.register_structure_hook(str, _strict(str, (str,)))
@@ -184,7 +206,7 @@ def validate(config: Config) -> None:
         seen[address] = position
     timeouts = config.timeouts
     for key, value in asdict(timeouts).items():
-        _require(value > 0, f"timeouts.{key}", f"must be positive, got {value}")
+        _require(math.isfinite(value) and value > 0, f"timeouts.{key}", f"must be positive and finite, got {value}")
     _require(
         timeouts.heartbeat_timeout > timeouts.heartbeat_interval,
         "timeouts.heartbeat_timeout",

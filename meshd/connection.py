@@ -14,7 +14,7 @@ import trio
 from meshd.errors import Fenced, LinkFailure, MeshdError, RemoteProtocolError
 from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustFence, Refused, Rejected
 from meshd.net import describe_os_error
-from meshd.protocol import Frame, FrameDecoder, Hello, Refuse, RefuseReason, encode
+from meshd.protocol import Frame, FrameDecoder, Hello, encode
 
 # Bytes asked of the transport per read; frames are tiny, this only bounds one read.
 RECEIVE_CHUNK = 64 * 1024
@@ -119,7 +119,3 @@ def _handshake_error(event: Refused | Rejected | MustFence | None, me: Identity,
         case MustFence(peer=peer, epoch=epoch):
             return Fenced(peer, epoch, me.epoch)
     return LinkFailure(f"handshake timed out after {timeout}s")
-
-
-def duplicate_refusal(me: Identity, detail: str) -> Refuse:
-    return Refuse(RefuseReason.DUPLICATE, me.epoch, detail)

@@ -19,7 +19,7 @@ from attrs import frozen
 from loguru import logger
 
 from meshd.config import Address, Config
-from meshd.connection import duplicate_refusal, handshake
+from meshd.connection import handshake
 from meshd.errors import BindError, Fenced, LinkFailure
 from meshd.handshake import Identity
 from meshd.link import PeerLink
@@ -140,8 +140,9 @@ class Daemon:
         except Fenced as exc:
             self.supervisor.fence(exc)
             return
-        if not self.links[hello.sender].offer(conn, hello, dialer=hello.sender):
-            await conn.part(duplicate_refusal(self.me, "a link from the lower index is already up"))
+        refusal = self.links[hello.sender].offer(conn, hello, dialer=hello.sender)
+        if refusal is not None:
+            await conn.part(refusal)
 
 
 async def serve(settings: Settings) -> int:

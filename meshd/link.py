@@ -14,12 +14,16 @@ from attrs import define, field
 
 from meshd.backoff import Backoff
 from meshd.config import Address, Timeouts
-from meshd.connection import FramedConnection, duplicate_refusal, handshake
+from meshd.connection import FramedConnection, handshake
 from meshd.errors import Fenced, LinkFailure
 from meshd.handshake import Identity, LinkOrigin, replaces
 from meshd.net import Network, describe_os_error
-from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse
+from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason
 from meshd.supervisor import Supervisor
+
+# How many replaced incarnations of a peer are remembered (a slot restarting more often than this between two
+# of its stale processes waking up is far outside any real deployment).
+RETIRED_MEMORY = 64
 
 
 @define(eq=False)
@@ -56,6 +60,8 @@ class PeerLink:
         self._supervisor = supervisor
         self._backoff = Backoff(timeouts.backoff_initial, timeouts.backoff_max, rng)
         self._session: Session | None = None
+        self._incarnation: int | None = None
+        self._retired: dict[int, None] = {}  # insertion-ordered set of replaced incarnations, oldest first
         self._went_down = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -70,21 +76,34 @@ class PeerLink:
             nursery.start_soon(self._dial_loop)
             task_status.started()
 
-    def offer(self, conn: FramedConnection, hello: Hello, dialer: int) -> bool:
-        """Make an established connection this peer's link, unless the current one wins the tie-break."""
+    def offer(self, conn: FramedConnection, hello: Hello, dialer: int) -> Refuse | None:
+        """Make an established connection this peer's link; or the refusal to close it with, when it loses.
+
+        It loses to the current link by the tie-break, or when it comes from an incarnation that a newer process
+        in the peer's slot already replaced (a paused or zombie process must not win its slot back).
+        """
         assert self._nursery is not None, "offer() before run()"
         origin = LinkOrigin(dialer, hello.incarnation)
+        if origin.peer_incarnation in self._retired:
+            return Refuse(
+                RefuseReason.RETIRED, self.me.epoch, f"incarnation {origin.peer_incarnation:016x} was replaced"
+            )
         current = self._session
         if current is not None:
             if not replaces(self.me.index, self.peer, current.origin, origin):
-                return False
+                return Refuse(RefuseReason.DUPLICATE, self.me.epoch, "a link from the lower index is already up")
             current.fail("replaced by a newer connection")
+        if self._incarnation not in (None, origin.peer_incarnation):
+            self._retired[self._incarnation] = None
+            if len(self._retired) > RETIRED_MEMORY:
+                del self._retired[next(iter(self._retired))]
+        self._incarnation = origin.peer_incarnation
         session = Session(conn, origin)
         self._session = session
         self._backoff.reset()
         self._supervisor.link_up(self.peer, hello, dialer)
         self._nursery.start_soon(self._run_session, session)
-        return True
+        return None
 
     async def close(self, reason: str) -> None:
         """Say goodbye on the current link, if any, and close it."""
@@ -108,8 +127,9 @@ class PeerLink:
             except Fenced as exc:
                 self._supervisor.fence(exc)
                 return
-            if not self.offer(conn, hello, dialer=self.me.index):
-                await conn.part(duplicate_refusal(self.me, "a link from the lower index is already up"))
+            refusal = self.offer(conn, hello, dialer=self.me.index)
+            if refusal is not None:
+                await conn.part(refusal)
 
     async def _dial(self) -> tuple[FramedConnection, Hello]:
         with trio.move_on_after(self._timeouts.connect) as connecting:

@@ -60,6 +60,7 @@ class RefuseReason(enum.IntEnum):
     BAD_VERSION = 4  # the peer speaks a protocol version we do not
     PROTOCOL_ERROR = 5  # the peer sent bytes that are not valid meshd frames
     DUPLICATE = 6  # a link to this peer is already up and wins the tie-break
+    RETIRED = 7  # the sender's incarnation was replaced by a newer process in its slot
 
 
 @total_ordering
@@ -127,7 +128,14 @@ def _text(data: str, limit: int) -> bytes:
 
 
 def encode(frame: Frame) -> bytes:
-    """The bytes of one frame, length prefix included."""
+    """The bytes of one frame, length prefix included; LocalProtocolError for a field that does not fit."""
+    try:
+        return _encode(frame)
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode {frame!r}: {exc}") from exc
+
+
+def _encode(frame: Frame) -> bytes:
     match frame:
         case Hello():
             name = frame.cluster.encode("utf-8")
