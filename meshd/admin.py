@@ -27,6 +27,7 @@ from trio_websocket import (
 
 from meshd.config import Address
 from meshd.errors import AdminUnreachable
+from meshd.net import describe_os_error
 from meshd.supervisor import Supervisor
 
 # A request is a tiny JSON object; refuse anything bigger before parsing it.
@@ -123,7 +124,9 @@ async def connect_admin(address: Address) -> AsyncIterator[WebSocketConnection]:
         async with open_websocket(address.host, address.port, "/", use_ssl=False) as ws:
             yield ws
     except (OSError, HandshakeError) as exc:
-        raise AdminUnreachable(f"no meshd admin websocket at {address}: {exc}") from exc
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        reason = describe_os_error(cause) if isinstance(cause, OSError) else "websocket handshake failed"
+        raise AdminUnreachable(f"no meshd admin websocket at {address}: {reason}") from exc
 
 
 async def request(address: Address, message: dict[str, Any]) -> dict[str, Any]:

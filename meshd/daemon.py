@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import secrets
 import signal
+from collections.abc import Sequence
 
 import trio
 from attrs import frozen
@@ -74,9 +75,12 @@ class Daemon:
             if peer != settings.index
         }
         self.mesh_address = config.cluster.peers[settings.index]
+        self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
+        self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
+        self._accepting = trio.CancelScope()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
-        """Run until fenced (returns 75) or stopped (returns 0); ``task_status`` reports when the mesh port listens."""
+    async def bind(self) -> None:
+        """Bind the mesh port, then the admin port, each retried for ``timeouts.bind``; BindError if one stays busy."""
         timeouts = self.settings.config.timeouts
         listeners = await bind_with_retry(self.net, self.mesh_address, timeouts.bind, "mesh port")
         logger.bind(index=self.me.index, epoch=str(self.me.epoch)).info(
@@ -88,36 +92,49 @@ class Daemon:
             self.me.epoch,
             self.me.incarnation,
         )
-        admin_listeners = []
         if self.settings.admin is not None:
             try:
-                admin_listeners = await bind_with_retry(self.net, self.settings.admin, timeouts.bind, "admin websocket")
+                self._admin_listeners = await bind_with_retry(
+                    self.net, self.settings.admin, timeouts.bind, "admin websocket"
+                )
             except BindError:
                 for listener in listeners:
                     await listener.aclose()
                 raise
+        self._listeners = listeners
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Run until fenced (returns 75) or stopped (returns 0); ``task_status`` reports when the mesh port listens."""
+        if not self._listeners:
+            await self.bind()
         with trio.CancelScope() as scope:
             self.supervisor.attach(scope)
             async with trio.open_nursery() as nursery:
-                if admin_listeners:
-                    from meshd.admin import serve_admin  # the websocket stack loads after the mesh port listens
-
-                    await nursery.start(serve_admin, admin_listeners, self.supervisor)
                 for link in self.links.values():
                     await nursery.start(link.run)
-                for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener)
+                nursery.start_soon(self._accept_all, self._listeners)
+                if self._admin_listeners:
+                    from meshd.admin import serve_admin  # the websocket stack loads once the mesh is under way
+
+                    await nursery.start(serve_admin, self._admin_listeners, self.supervisor)
                 task_status.started()
         return self.supervisor.exit_code
 
     async def stop(self, reason: str) -> None:
-        """Orderly stop: tell every peer goodbye (bounded by STOP_GRACE), then cancel everything."""
+        """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest."""
         self.supervisor.stop(reason)
+        self._accepting.cancel()
         with trio.move_on_after(STOP_GRACE):
             async with trio.open_nursery() as nursery:
                 for link in self.links.values():
                     nursery.start_soon(link.close, reason)
         self.supervisor.cancel()
+
+    async def _accept_all(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
+        with self._accepting:
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener)
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         async with listener, trio.open_nursery() as nursery:
@@ -154,6 +171,7 @@ async def serve(settings: Settings) -> int:
             await daemon.stop(f"received {signal.Signals(signum).name}")
             return
 
+    await daemon.bind()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, signals)

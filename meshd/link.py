@@ -64,6 +64,8 @@ class PeerLink:
         self._retired: dict[int, None] = {}  # insertion-ordered set of replaced incarnations, oldest first
         self._went_down = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._dialing = trio.CancelScope()
+        self._closing = False
 
     @property
     def is_up(self) -> bool:
@@ -76,44 +78,65 @@ class PeerLink:
             nursery.start_soon(self._dial_loop)
             task_status.started()
 
-    def offer(self, conn: FramedConnection, hello: Hello, dialer: int) -> Refuse | None:
-        """Make an established connection this peer's link; or the refusal to close it with, when it loses.
+    async def _dial_loop(self) -> None:
+        with self._dialing:
+            await self._dial_forever()
 
-        It loses to the current link by the tie-break, or when it comes from an incarnation that a newer process
-        in the peer's slot already replaced (a paused or zombie process must not win its slot back).
+    def offer(self, conn: FramedConnection, hello: Hello, dialer: int) -> Refuse | Goodbye | None:
+        """Make an established connection this peer's link; or the parting frame to close it with, when it loses.
+
+        It loses while this daemon stops, or when it comes from an incarnation that a newer process in the peer's
+        slot already replaced (a paused or zombie process must not win its slot back). Two connections of one
+        incarnation dialed from both ends are settled by the tie-break; the loser lingers, heartbeats flowing, for
+        one handshake timeout, because the peer may not have established the winner yet and must not see a drop.
         """
         assert self._nursery is not None, "offer() before run()"
         origin = LinkOrigin(dialer, hello.incarnation)
+        if self._closing:
+            return Goodbye("shutting down")
         if origin.peer_incarnation in self._retired:
-            return Refuse(
-                RefuseReason.RETIRED, self.me.epoch, f"incarnation {origin.peer_incarnation:016x} was replaced"
-            )
+            detail = f"incarnation {origin.peer_incarnation:016x} was replaced by a newer process"
+            return Refuse(RefuseReason.RETIRED, self.me.epoch, detail)
+        candidate = Session(conn, origin)
         current = self._session
         if current is not None:
-            if not replaces(self.me.index, self.peer, current.origin, origin):
-                return Refuse(RefuseReason.DUPLICATE, self.me.epoch, "a link from the lower index is already up")
-            current.fail("replaced by a newer connection")
+            crossed = current.origin.peer_incarnation == origin.peer_incarnation and current.origin.dialer != dialer
+            wins = replaces(self.me.index, self.peer, current.origin, origin)
+            if crossed:
+                self._linger(current if wins else candidate)
+                if not wins:
+                    return None
+            else:  # a new incarnation, or the same dialer trying again: the old connection is finished
+                current.fail("replaced by a newer connection")
         if self._incarnation not in (None, origin.peer_incarnation):
             self._retired[self._incarnation] = None
             if len(self._retired) > RETIRED_MEMORY:
                 del self._retired[next(iter(self._retired))]
         self._incarnation = origin.peer_incarnation
-        session = Session(conn, origin)
-        self._session = session
+        self._session = candidate
         self._backoff.reset()
         self._supervisor.link_up(self.peer, hello, dialer)
-        self._nursery.start_soon(self._run_session, session)
+        self._nursery.start_soon(self._run_session, candidate)
         return None
 
+    def _linger(self, session: Session) -> None:
+        """Keep a tie-break loser open (not as the link) until the peer drops it or a handshake timeout passes."""
+        assert self._nursery is not None
+        session.scope.deadline = min(session.scope.deadline, trio.current_time() + self._timeouts.handshake)
+        if session is not self._session:
+            self._nursery.start_soon(self._run_session, session)
+
     async def close(self, reason: str) -> None:
-        """Say goodbye on the current link, if any, and close it."""
+        """Stop dialing and accepting for this peer, say goodbye on the current link, if any, and close it."""
+        self._closing = True
+        self._dialing.cancel()
         session = self._session
         if session is not None:
             self._session = None
             session.scope.cancel()
             await session.conn.part(Goodbye(reason))
 
-    async def _dial_loop(self) -> None:
+    async def _dial_forever(self) -> None:
         while True:
             if self._session is not None:
                 self._went_down = trio.Event()
@@ -164,8 +187,9 @@ class PeerLink:
         """Read frames until the link fails; silence longer than the heartbeat timeout is a failure."""
         timeout = self._timeouts.heartbeat_timeout
         try:
-            while True:
-                with trio.move_on_after(timeout):
+            with trio.CancelScope() as silence:  # one scope, its deadline pushed back by every frame
+                while True:
+                    silence.deadline = trio.current_time() + timeout
                     frame = await session.conn.receive()
                     match frame:
                         case Heartbeat():
@@ -176,6 +200,6 @@ class PeerLink:
                             raise LinkFailure(f"peer refused the link ({reason.name.lower()}): {detail}")
                         case _:
                             raise LinkFailure(f"protocol error: unexpected {type(frame).__name__} on an up link")
-                raise LinkFailure(f"no heartbeat for {timeout}s")
+            raise LinkFailure(f"no heartbeat for {timeout}s")
         except LinkFailure as exc:
             session.fail(exc.reason)

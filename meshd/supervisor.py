@@ -58,6 +58,7 @@ class PeerStatus:
     connects: int = 0
     failures: int = 0
     last_error: str | None = None
+    last_attempt_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class PeerStatus:
             "connects": self.connects,
             "failures": self.failures,
             "last_error": self.last_error,
+            "last_attempt_error": self.last_attempt_error,
         }
 
 
@@ -170,12 +172,17 @@ class Supervisor:
         self._reevaluate(f"link {peer} down: {reason}")
 
     def attempt_failed(self, peer: int, reason: str) -> None:
-        """A dial or handshake toward a peer that is down failed; only its row changes."""
+        """A dial or handshake toward a peer that is down failed; only its row changes.
+
+        ``last_error`` keeps why the link went down (the more useful fact) once there has been a link.
+        """
         status = self.peers[peer]
         status.failures += 1
-        if status.last_error != reason:
+        if status.last_attempt_error != reason:
             self._log.debug("peer {}: {}", peer, reason)
-        status.last_error = reason
+        status.last_attempt_error = reason
+        if status.connects == 0:
+            status.last_error = reason
 
     def inbound_refused(self, reason: str) -> None:
         self._log.warning("inbound connection closed: {}", reason)
