@@ -6,8 +6,7 @@ LinkFailure here and nowhere else, so the link code above sees one error type fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 
 import trio
 
@@ -22,17 +21,22 @@ RECEIVE_CHUNK = 64 * 1024
 PARTING_TIMEOUT = 0.5
 
 
-@contextmanager
-def converted_errors() -> Iterator[None]:
-    """The one place where transport and remote protocol errors become LinkFailure."""
-    try:
-        yield
-    except RemoteProtocolError as exc:
-        raise LinkFailure(f"protocol error: {exc}") from exc
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise LinkFailure(f"connection broken: {exc.__cause__ or exc}") from exc
-    except OSError as exc:
-        raise LinkFailure(f"connection error: {describe_os_error(exc)}") from exc
+def as_link_failure(exc: Exception) -> LinkFailure:
+    """The LinkFailure that a transport or remote protocol error (one of LINK_ERRORS) stands for.
+
+    This is the one place where those errors are classified; callers catch LINK_ERRORS, convert and re-raise.
+    """
+    match exc:
+        case RemoteProtocolError():
+            return LinkFailure(f"protocol error: {exc}")
+        case trio.BrokenResourceError() | trio.ClosedResourceError():
+            return LinkFailure(f"connection broken: {exc.__cause__ or exc}")
+        case OSError():
+            return LinkFailure(f"connection error: {describe_os_error(exc)}")
+    return LinkFailure(f"connection error: {exc!r}")
+
+
+LINK_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class FramedConnection:
@@ -47,16 +51,20 @@ class FramedConnection:
         if not data:
             return
         async with self._send_lock:
-            with converted_errors():
+            try:
                 await self.stream.send_all(data)
+            except LINK_ERRORS as exc:
+                raise as_link_failure(exc) from exc
 
     async def send(self, frame: Frame) -> None:
         await self.send_bytes(encode(frame))
 
     async def fill(self) -> None:
         """Read once from the transport into the decoder; end of stream is fed as such."""
-        with converted_errors():
+        try:
             data = await self.stream.receive_some(RECEIVE_CHUNK)
+        except LINK_ERRORS as exc:
+            raise as_link_failure(exc) from exc
         if data:
             self.decoder.receive_data(data)
         else:
@@ -65,8 +73,10 @@ class FramedConnection:
     async def receive(self) -> Frame:
         """The next frame; LinkFailure when the peer closed, broke the connection or sent garbage."""
         while True:
-            with converted_errors():
+            try:
                 frame = self.decoder.next_frame()
+            except RemoteProtocolError as exc:
+                raise as_link_failure(exc) from exc
             if frame is not None:
                 return frame
             if self.decoder.at_eof:

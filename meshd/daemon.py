@@ -19,6 +19,7 @@ import trio
 from attrs import frozen
 from loguru import logger
 
+from meshd.admin import serve_admin
 from meshd.config import Address, Config
 from meshd.connection import handshake
 from meshd.errors import BindError, Fenced, LinkFailure
@@ -114,8 +115,6 @@ class Daemon:
                     await nursery.start(link.run)
                 nursery.start_soon(self._accept_all, self._listeners)
                 if self._admin_listeners:
-                    from meshd.admin import serve_admin  # the websocket stack loads once the mesh is under way
-
                     await nursery.start(serve_admin, self._admin_listeners, self.supervisor)
                 task_status.started()
         return self.supervisor.exit_code

@@ -7,6 +7,7 @@ from the accept loop are offered to the link, which keeps exactly one per pair (
 
 from __future__ import annotations
 
+import math
 import random
 
 import trio
@@ -18,9 +19,11 @@ from meshd.connection import FramedConnection, handshake
 from meshd.errors import Fenced, LinkFailure
 from meshd.handshake import Identity, LinkOrigin, replaces
 from meshd.net import Network, describe_os_error
-from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason
+from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason, encode
 from meshd.supervisor import Supervisor
 
+# A heartbeat never changes: encode it once.
+HEARTBEAT_FRAME = encode(Heartbeat())
 # How many replaced incarnations of a peer are remembered (a slot restarting more often than this between two
 # of its stale processes waking up is far outside any real deployment).
 RETIRED_MEMORY = 64
@@ -132,9 +135,9 @@ class PeerLink:
         self._dialing.cancel()
         session = self._session
         if session is not None:
-            self._session = None
+            self._session = None  # its end is no longer a link failure
+            await session.conn.part(Goodbye(reason))  # the goodbye goes out before the session stops and closes
             session.scope.cancel()
-            await session.conn.part(Goodbye(reason))
 
     async def _dial_forever(self) -> None:
         while True:
@@ -176,10 +179,13 @@ class PeerLink:
             self._went_down.set()
 
     async def _send_heartbeats(self, session: Session) -> None:
+        """Send a heartbeat now, then on a grid of the interval shared by every link (and, on one host, every
+        daemon: the monotonic clock is system-wide), so that one wake-up serves all links instead of one each."""
+        interval = self._timeouts.heartbeat_interval
         try:
             while True:
-                await session.conn.send(Heartbeat())
-                await trio.sleep(self._timeouts.heartbeat_interval)
+                await session.conn.send_bytes(HEARTBEAT_FRAME)
+                await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
         except LinkFailure as exc:
             session.fail(exc.reason)
 

@@ -16,11 +16,15 @@ import trio.testing
 from meshd.config import Address
 
 
+# Connections that may wait for accept(), as the kernel's listen backlog allows; beyond it, connects are refused.
+LISTEN_BACKLOG = 128
+
+
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     def __init__(self, network: MemoryNetwork, address: Address) -> None:
         self._network = network
         self.address = address
-        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](0)
+        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](LISTEN_BACKLOG)
 
     def offer(self, stream: trio.abc.Stream) -> None:
         try:

@@ -325,6 +325,7 @@ STATUS = {
             "connects": 2,
             "failures": 1,
             "last_error": None,
+            "last_attempt_error": None,
         },
         {
             "index": 2,
@@ -336,6 +337,7 @@ STATUS = {
             "connects": 0,
             "failures": 17,
             "last_error": "connection error: connection refused",
+            "last_attempt_error": "connection error: connection refused",
         },
     ],
 }
