@@ -2,7 +2,8 @@
 
 Ops (one JSON text message each):
 - ``{"op": "status"}`` answers one message: the same object ``meshd status --json`` prints;
-- ``{"op": "watch"}`` answers ``{"event": "snapshot", "status": {...}}`` then streams one event per message.
+- ``{"op": "watch"}`` answers ``{"event": "snapshot", "status": {...}}`` then streams one event per message;
+- ``{"op": "start", "epoch": E}`` (``--epoch await`` only) gives the daemon its epoch; a newer one later fences it.
 Bad JSON or an unknown op answers ``{"error": "..."}`` and keeps the connection open.
 """
 
@@ -28,6 +29,7 @@ from trio_websocket import (
 from meshd.config import Address
 from meshd.errors import AdminUnreachable
 from meshd.net import describe_os_error
+from meshd.protocol import U64_MAX, Epoch
 from meshd.supervisor import Supervisor
 
 # A request is a tiny JSON object; refuse anything bigger before parsing it.
@@ -70,6 +72,13 @@ class AdminSession:
     async def op_status(self, _: dict[str, Any]) -> None:
         await self.send(self.supervisor.status())
 
+    async def op_start(self, request: dict[str, Any]) -> None:
+        epoch = request.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= U64_MAX:
+            await self.send({"error": f"start needs an integer epoch in 0..2**64-1, got {epoch!r}"})
+            return
+        await self.send(self.supervisor.request_start(Epoch(epoch)))
+
     async def op_watch(self, _: dict[str, Any]) -> None:
         await self._nursery.start(self._stream_events)
 
@@ -85,6 +94,7 @@ class AdminSession:
 OPS: dict[str, Handler] = {
     "status": AdminSession.op_status,
     "watch": AdminSession.op_watch,
+    "start": AdminSession.op_start,
 }
 
 

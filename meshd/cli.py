@@ -18,7 +18,7 @@ from attrs import evolve
 from loguru import logger
 
 from meshd import config as configuration
-from meshd.config import DEFAULT_ADMIN_PORT, LOG_FORMATS, LOG_LEVELS, Address
+from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, Address
 from meshd.daemon import Settings
 from meshd.errors import AdminUnreachable, BindError, ConfigError
 from meshd.logs import configure
@@ -37,9 +37,11 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _epoch(text: str) -> int:
+def _epoch(text: str) -> int | str:
+    if text in EPOCH_MODES:
+        return text
     if not text.isdigit() or int(text) > U64_MAX:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, 'auto' or 'await', got {text!r}")
     return int(text)
 
 
@@ -66,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one daemon (one per cluster process)")
     run.add_argument("--config", required=True, type=Path, help="TOML configuration file")
     run.add_argument("--index", type=int, help="this process's slot in cluster.peers (overrides `index`)")
-    run.add_argument("--epoch", type=_epoch, help="this process's epoch, an integer (overrides `epoch`)")
+    run.add_argument(
+        "--epoch",
+        type=_epoch,
+        help="an integer epoch from a controller, 'auto' (the cluster mints its own generations) or 'await' "
+        "(wait for the controller's start op on the admin websocket); overrides `epoch`",
+    )
     run.add_argument("--admin", type=_address, help="admin websocket HOST:PORT (overrides admin.listen)")
     run.add_argument("--log-format", choices=LOG_FORMATS, help="overrides log.format")
     run.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="overrides log.level")
@@ -101,7 +108,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     if epoch is None:
         raise ConfigError("--epoch", "required (or set `epoch` in the config file)")
     admin = args.admin or config.admin.listen
-    return Settings(evolve(config, index=index, epoch=epoch), index, Epoch(epoch), admin)
+    config = evolve(config, index=index, epoch=epoch)
+    if isinstance(epoch, str):
+        return Settings(config, index, None, admin, mode=epoch)
+    return Settings(config, index, Epoch(epoch), admin)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return trio.run(serve, settings)
     except BindError as exc:
-        logger.bind(index=settings.index, epoch=str(settings.epoch)).error("{}", exc)
+        logger.bind(index=settings.index, epoch=str(settings.epoch or settings.mode)).error("{}", exc)
         return EXIT_FAILURE
 
 

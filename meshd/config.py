@@ -87,7 +87,7 @@ class Config:
     admin: AdminConfig = field(factory=AdminConfig)
     log: LogConfig = field(factory=LogConfig)
     index: int | None = None
-    epoch: int | None = None
+    epoch: int | str | None = None  # an integer, "auto" (self-minted generations) or "await" (controller start op)
 
     @property
     def size(self) -> int:
@@ -127,6 +127,17 @@ def _only(kind: type, name: str, inner: Callable[[Any, type], T]) -> Callable[[A
     return hook
 
 
+EPOCH_MODES = ("auto", "await")
+
+
+def _structure_epoch(value: Any, _: type) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if value in EPOCH_MODES:
+        return value
+    raise TypeError(f'expected an integer, "auto" or "await", got {type(value).__name__} {value!r}')
+
+
 def _converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook_factory(
@@ -141,6 +152,7 @@ def _converter() -> cattrs.Converter:
     converter.register_structure_hook(str, _strict(str, (str,)))
     converter.register_structure_hook(bool, _strict(bool, (bool,)))
     converter.register_structure_hook(Address, _structure_address)
+    converter.register_structure_hook(int | str | None, _structure_epoch)
     return converter
 
 
@@ -223,5 +235,5 @@ def validate(config: Config) -> None:
     _require(config.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     if config.index is not None:
         _require(0 <= config.index < len(peers), "index", f"must be in 0..{len(peers) - 1}, got {config.index}")
-    if config.epoch is not None:
+    if isinstance(config.epoch, int):
         _require(0 <= config.epoch <= U64_MAX, "epoch", f"must be a non-negative 64-bit integer, got {config.epoch}")

@@ -10,8 +10,8 @@ from contextlib import suppress
 
 import trio
 
-from meshd.errors import Fenced, LinkFailure, MeshdError, RemoteProtocolError
-from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustFence, Refused, Rejected
+from meshd.errors import Fenced, LinkFailure, MeshdError, NewerGeneration, RemoteProtocolError
+from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustAdopt, MustFence, Refused, Rejected
 from meshd.net import describe_os_error
 from meshd.protocol import Frame, FrameDecoder, Hello, encode
 
@@ -99,7 +99,8 @@ async def handshake(
 ) -> tuple[FramedConnection, Hello]:
     """Run the hello exchange; the established connection and the peer's hello.
 
-    Raises LinkFailure (refused either way, garbage, timeout, transport error) or Fenced; the stream is closed then.
+    Raises LinkFailure (refused either way, garbage, timeout, transport error), Fenced or NewerGeneration; the
+    stream is closed then.
     """
     machine = Handshake(me, expected_peer)
     conn = FramedConnection(stream, machine.decoder)
@@ -120,12 +121,16 @@ async def handshake(
         raise
 
 
-def _handshake_error(event: Refused | Rejected | MustFence | None, me: Identity, timeout: float) -> MeshdError:
+def _handshake_error(
+    event: Refused | Rejected | MustFence | MustAdopt | None, me: Identity, timeout: float
+) -> MeshdError:
     match event:
         case Refused(reason=reason, detail=detail):
             return LinkFailure(f"refused peer ({reason.name.lower()}): {detail}")
         case Rejected(reason=reason, detail=detail):
             return LinkFailure(f"peer refused us ({reason.name.lower() if reason else 'closed'}): {detail}")
         case MustFence(peer=peer, epoch=epoch):
-            return Fenced(peer, epoch, me.epoch)
+            return Fenced(f"peer {peer}", epoch, me.epoch)
+        case MustAdopt(peer=peer, epoch=epoch):
+            return NewerGeneration(peer, epoch)
     return LinkFailure(f"handshake timed out after {timeout}s")

@@ -13,22 +13,26 @@ from __future__ import annotations
 import random
 import secrets
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import trio
 from attrs import frozen
 from loguru import logger
 
+from meshd import generation
 from meshd.admin import serve_admin
 from meshd.config import Address, Config
 from meshd.connection import handshake
-from meshd.errors import BindError, Fenced, LinkFailure
+from meshd.errors import BindError, Fenced, LinkFailure, NewerGeneration
 from meshd.handshake import Identity
 from meshd.link import PeerLink
 from meshd.net import Network, TcpNetwork, bind_with_retry
 from meshd.protocol import Epoch
 from meshd.supervisor import Supervisor
 
+# The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.
+AWAITED_PLACEHOLDER = Epoch(0)
 # How long an orderly stop waits for goodbyes to go out before cancelling everything.
 STOP_GRACE = 1.0
 # How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
@@ -41,8 +45,9 @@ class Settings:
 
     config: Config
     index: int
-    epoch: Epoch
+    epoch: Epoch | None  # None with mode "auto" (minted) or "await" (given by the controller's start op)
     admin: Address | None
+    mode: str = "fixed"  # "fixed" (--epoch E), "auto" or "await"
 
 
 def new_incarnation() -> int:
@@ -57,28 +62,52 @@ class Daemon:
         net: Network | None = None,
         incarnation: int | None = None,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         config = settings.config
         self.settings = settings
         self.net: Network = net or TcpNetwork()
-        self.me = Identity(
+        rng = rng or random.Random()
+
+        def mint_generation(above: Epoch | None) -> Epoch:
+            return generation.mint(int(wall_clock() * 1000), rng.randrange(1, 2**64), above)
+
+        auto = settings.mode == "auto"
+        epoch = mint_generation(None) if auto else settings.epoch or AWAITED_PLACEHOLDER
+        me = Identity(
             cluster=config.cluster.name,
             index=settings.index,
             size=config.size,
-            epoch=settings.epoch,
+            epoch=epoch,
             incarnation=new_incarnation() if incarnation is None else incarnation,
+            auto=auto,
         )
-        self.supervisor = Supervisor(self.me, config.cluster.peers)
-        rng = rng or random.Random()
+        self.supervisor = Supervisor(
+            me, config.cluster.peers, wall_clock, mint_generation if auto else None, settings.mode
+        )
         self.links = {
-            peer: PeerLink(peer, address, self.me, self.net, config.timeouts, self.supervisor, rng)
+            peer: PeerLink(peer, address, self.net, config.timeouts, self.supervisor, rng)
             for peer, address in enumerate(config.cluster.peers)
             if peer != settings.index
         }
+        self.supervisor.on_view_change = self._send_views
+        self.supervisor.on_generation_change = self._drop_links
         self.mesh_address = config.cluster.peers[settings.index]
         self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._accepting = trio.CancelScope()
+
+    @property
+    def me(self) -> Identity:
+        return self.supervisor.me
+
+    def _send_views(self) -> None:
+        for link in self.links.values():
+            link.send_view()
+
+    def _drop_links(self, reason: str) -> None:
+        for link in self.links.values():
+            link.drop(reason)
 
     async def bind(self) -> None:
         """Bind the mesh port, then the admin port, each retried for ``timeouts.bind``; BindError if one stays busy."""
@@ -111,12 +140,13 @@ class Daemon:
         with trio.CancelScope() as scope:
             self.supervisor.attach(scope)
             async with trio.open_nursery() as nursery:
-                for link in self.links.values():
-                    await nursery.start(link.run)
-                nursery.start_soon(self._accept_all, self._listeners)
                 if self._admin_listeners:
                     await nursery.start(serve_admin, self._admin_listeners, self.supervisor)
                 task_status.started()
+                await self.supervisor.began.wait()
+                for link in self.links.values():
+                    await nursery.start(link.run)
+                nursery.start_soon(self._accept_all, self._listeners)
         return self.supervisor.exit_code
 
     async def stop(self, reason: str) -> None:
@@ -155,6 +185,9 @@ class Daemon:
             return
         except Fenced as exc:
             self.supervisor.fence(exc)
+            return
+        except NewerGeneration as exc:
+            self.supervisor.move_to(exc.epoch, f"peer {exc.peer} runs it")
             return
         refusal = self.links[hello.sender].offer(conn, hello, dialer=hello.sender)
         if refusal is not None:

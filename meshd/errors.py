@@ -45,12 +45,21 @@ class BindError(MeshdError):
 class Fenced(MeshdError):
     """A peer runs a newer epoch: this process belongs to a finished generation and must exit (exit code 75)."""
 
-    def __init__(self, peer: int, peer_epoch: object, own_epoch: object) -> None:
-        super().__init__(f"peer {peer} runs epoch {peer_epoch}, newer than ours ({own_epoch})")
-        self.peer = peer
-        self.peer_epoch = peer_epoch
+    def __init__(self, source: str, newer: object, own_epoch: object) -> None:
+        super().__init__(f"{source} runs epoch {newer}, newer than ours ({own_epoch})")
+        self.source = source
+        self.newer = newer
         self.own_epoch = own_epoch
 
 
 class AdminUnreachable(MeshdError):
     """No admin websocket answered at the given address (``meshd status``/``watch`` exit 1)."""
+
+
+class NewerGeneration(MeshdError):
+    """Auto mode: a peer runs a newer generation and this process, never ready in its own, should join it."""
+
+    def __init__(self, peer: int, epoch: object) -> None:
+        super().__init__(f"peer {peer} runs newer generation {epoch}")
+        self.peer = peer
+        self.epoch = epoch

@@ -6,10 +6,15 @@ verdict from the two hellos, so neither side is left believing in a link the oth
 
 Verdicts, in the order they are checked:
 
-1. unknown protocol version, another cluster, an index that does not fit: refuse, close, retry with back-off;
+1. unknown protocol version, another cluster, an index that does not fit, the other epoch mode: refuse, close,
+   retry with back-off;
 2. the peer's epoch is older: refuse with STALE_EPOCH (the peer learns it is stale), close, retry later;
-3. the peer's epoch is newer: fence, this process belongs to a finished generation and exits;
-4. otherwise: the link is up.
+3. the peer's epoch is newer: fence, this process belongs to a finished generation and exits; except that with
+   self-minted generations a process that has never been ready in its generation adopts the newer one instead
+   (it has no state to lose);
+4. with self-minted generations, once this process was ready in its generation (sealed), a process of a slot
+   that is not the incarnation it was ready with is refused with SEALED: it must mint a newer generation;
+5. otherwise: the link is up.
 """
 
 from __future__ import annotations
@@ -41,15 +46,19 @@ class Identity:
     size: int
     epoch: Epoch
     incarnation: int
+    auto: bool = False  # self-minted generations (``--epoch auto``)
+    sealed: tuple[int, ...] | None = None  # auto only: the view (incarnation per slot) this process was ready with
 
     def hello(self, target: int | None) -> Hello:
-        return Hello(self.cluster, self.index, NO_TARGET if target is None else target, self.epoch, self.incarnation)
+        target = NO_TARGET if target is None else target
+        return Hello(self.cluster, self.index, target, self.epoch, self.incarnation, self.auto)
 
 
 class Verdict(enum.Enum):
     ACCEPT = "accept"  # same cluster, right indices, equal epoch: the link is up
     REFUSE = "refuse"  # not a link for us (stale peer, other cluster, wrong index): close and retry later
     FENCE = "fence"  # the peer runs a newer epoch: this process is stale and must exit
+    ADOPT = "adopt"  # auto only: the peer runs a newer generation and we were never ready: move to it in place
 
 
 @frozen
@@ -77,10 +86,19 @@ def judge(me: Identity, hello: Hello, expected_peer: int | None) -> Judgement:
         return Judgement(
             Verdict.REFUSE, RefuseReason.WRONG_INDEX, f"peer wants index {hello.target}, we are index {me.index}"
         )
+    if hello.auto != me.auto:
+        modes = ("fixed epochs", "self-minted generations")
+        detail = f"peer uses {modes[hello.auto]}, we use {modes[me.auto]}"
+        return Judgement(Verdict.REFUSE, RefuseReason.WRONG_MODE, detail)
     if hello.epoch < me.epoch:
         return Judgement(Verdict.REFUSE, RefuseReason.STALE_EPOCH, f"peer epoch {hello.epoch} is older than ours")
     if hello.epoch > me.epoch:
+        if me.auto and me.sealed is None:
+            return Judgement(Verdict.ADOPT, None, f"peer generation {hello.epoch} is newer than ours ({me.epoch})")
         return Judgement(Verdict.FENCE, None, f"peer epoch {hello.epoch} is newer than ours ({me.epoch})")
+    if me.sealed is not None and me.sealed[hello.sender] != hello.incarnation:
+        detail = f"generation {me.epoch} was ready with another process in slot {hello.sender}"
+        return Judgement(Verdict.REFUSE, RefuseReason.SEALED, detail)
     return Judgement(Verdict.ACCEPT)
 
 
@@ -116,7 +134,15 @@ class MustFence:
     detail: str
 
 
-HandshakeEvent = Established | Refused | Rejected | MustFence
+@frozen
+class MustAdopt:
+    """Auto mode, never ready: the peer runs a newer generation, which this process joins in place."""
+
+    peer: int
+    epoch: Epoch
+
+
+HandshakeEvent = Established | Refused | Rejected | MustFence | MustAdopt
 
 
 class Handshake:
@@ -171,6 +197,8 @@ class Handshake:
                     return Established(frame)
                 if judgement.verdict is Verdict.FENCE:
                     return MustFence(frame.sender, frame.epoch, judgement.detail)
+                if judgement.verdict is Verdict.ADOPT:
+                    return MustAdopt(frame.sender, frame.epoch)
                 assert judgement.reason is not None
                 return self._refuse(judgement.reason, judgement.detail)
         return self._refuse(RefuseReason.PROTOCOL_ERROR, f"expected a hello, got {type(frame).__name__}")

@@ -16,10 +16,10 @@ from attrs import define, field
 from meshd.backoff import Backoff
 from meshd.config import Address, Timeouts
 from meshd.connection import FramedConnection, handshake
-from meshd.errors import Fenced, LinkFailure
+from meshd.errors import Fenced, LinkFailure, NewerGeneration
 from meshd.handshake import Identity, LinkOrigin, replaces
 from meshd.net import Network, describe_os_error
-from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason, encode
+from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason, View, encode
 from meshd.supervisor import Supervisor
 
 # A heartbeat never changes: encode it once.
@@ -49,7 +49,6 @@ class PeerLink:
         self,
         peer: int,
         address: Address,
-        me: Identity,
         net: Network,
         timeouts: Timeouts,
         supervisor: Supervisor,
@@ -57,7 +56,6 @@ class PeerLink:
     ) -> None:
         self.peer = peer
         self.address = address
-        self.me = me
         self._net = net
         self._timeouts = timeouts
         self._supervisor = supervisor
@@ -69,6 +67,11 @@ class PeerLink:
         self._nursery: trio.Nursery | None = None
         self._dialing = trio.CancelScope()
         self._closing = False
+
+    @property
+    def me(self) -> Identity:
+        """Who we are now: the epoch can move (auto mode, await mode), so it is read at each use."""
+        return self._supervisor.me
 
     @property
     def is_up(self) -> bool:
@@ -97,6 +100,8 @@ class PeerLink:
         origin = LinkOrigin(dialer, hello.incarnation)
         if self._closing:
             return Goodbye("shutting down")
+        if hello.epoch != self.me.epoch:  # judged before our generation moved on
+            return Refuse(RefuseReason.STALE_EPOCH, self.me.epoch, f"we moved on to generation {self.me.epoch}")
         if origin.peer_incarnation in self._retired:
             detail = f"incarnation {origin.peer_incarnation:016x} was replaced by a newer process"
             return Refuse(RefuseReason.RETIRED, self.me.epoch, detail)
@@ -121,6 +126,28 @@ class PeerLink:
         self._supervisor.link_up(self.peer, hello, dialer)
         self._nursery.start_soon(self._run_session, candidate)
         return None
+
+    def drop(self, reason: str) -> None:
+        """End the current link now (its generation is over); the dial loop starts again at once."""
+        session = self._session
+        if session is not None:
+            self._session = None
+            session.fail(reason)
+            self._supervisor.link_down(self.peer, reason)
+            self._backoff.reset()
+            self._went_down.set()
+
+    def send_view(self) -> None:
+        """Tell the peer our current view (the frame is built when it is sent, so the latest view always wins)."""
+        session = self._session
+        if session is not None and self._nursery is not None:
+            self._nursery.start_soon(self._send_view, session)
+
+    async def _send_view(self, session: Session) -> None:
+        try:
+            await session.conn.send_bytes(encode(self._supervisor.view()))
+        except LinkFailure as exc:
+            session.fail(exc.reason)
 
     def _linger(self, session: Session) -> None:
         """Keep a tie-break loser open (not as the link) until the peer drops it or a handshake timeout passes."""
@@ -153,6 +180,9 @@ class PeerLink:
             except Fenced as exc:
                 self._supervisor.fence(exc)
                 return
+            except NewerGeneration as exc:
+                self._supervisor.move_to(exc.epoch, f"peer {exc.peer} runs it")
+                continue
             refusal = self.offer(conn, hello, dialer=self.me.index)
             if refusal is not None:
                 await conn.part(refusal)
@@ -183,6 +213,7 @@ class PeerLink:
         daemon: the monotonic clock is system-wide), so that one wake-up serves all links instead of one each."""
         interval = self._timeouts.heartbeat_interval
         try:
+            await session.conn.send_bytes(encode(self._supervisor.view()))
             while True:
                 await session.conn.send_bytes(HEARTBEAT_FRAME)
                 await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
@@ -200,8 +231,13 @@ class PeerLink:
                     match frame:
                         case Heartbeat():
                             continue
+                        case View():
+                            self._supervisor.peer_view(self.peer, frame)
                         case Goodbye(reason=reason):
                             raise LinkFailure(f"peer left: {reason}")
+                        case Refuse(reason=RefuseReason.SEALED, epoch=sealed, detail=detail):
+                            self._supervisor.mint_above(sealed, f"peer {self.peer}: {detail}")
+                            raise LinkFailure(f"peer refused the link (sealed): {detail}")
                         case Refuse(reason=reason, detail=detail):
                             raise LinkFailure(f"peer refused the link ({reason.name.lower()}): {detail}")
                         case _:

@@ -9,10 +9,13 @@ Frame layout, all integers big-endian::
 Payloads:
 
     HELLO      magic "MSHD", u16 version, u16 sender, u16 target (NO_TARGET from a listener),
-               u64 epoch.major, u64 epoch.minor, u64 incarnation, u8 name length, cluster name (UTF-8)
+               u64 epoch.major, u64 epoch.minor, u64 incarnation, u8 flags (bit 0: self-minted generations),
+               u8 name length, cluster name (UTF-8)
     REFUSE     u8 RefuseReason, u64 epoch.major, u64 epoch.minor (the refuser's), u16 length, detail (UTF-8)
     HEARTBEAT  empty
     GOODBYE    u16 length, reason (UTF-8)
+    VIEW       u64 epoch.major, u64 epoch.minor, u16 count, count x u64: the incarnation the sender links to for
+               every slot, its own included, 0 for a slot it has never linked
 
 Magic and version lead the hello so that a peer speaking another version is recognised before the rest is parsed.
 """
@@ -41,7 +44,11 @@ U64_MAX = 2**64 - 1
 
 _LENGTH = struct.Struct(">I")
 _HELLO_HEAD = struct.Struct(">4sH")
-_HELLO_BODY = struct.Struct(">HHQQQB")
+_HELLO_BODY = struct.Struct(">HHQQQBB")
+_VIEW_HEAD = struct.Struct(">QQH")
+_INCARNATION = struct.Struct(">Q")
+# Hello flag: the sender mints and adopts its own generations (``--epoch auto``) instead of taking a fixed epoch.
+FLAG_AUTO = 0x01
 _REFUSE_HEAD = struct.Struct(">BQQH")
 _TEXT_HEAD = struct.Struct(">H")
 
@@ -51,6 +58,7 @@ class FrameType(enum.IntEnum):
     REFUSE = 2  # why the sender will close this connection instead of linking
     HEARTBEAT = 3  # liveness on an up link
     GOODBYE = 4  # the sender is shutting down on purpose; the link ends without an error
+    VIEW = 5  # which incarnation of every slot the sender is linked to: the mesh is ready when all views agree
 
 
 class RefuseReason(enum.IntEnum):
@@ -60,7 +68,9 @@ class RefuseReason(enum.IntEnum):
     BAD_VERSION = 4  # the peer speaks a protocol version we do not
     PROTOCOL_ERROR = 5  # the peer sent bytes that are not valid meshd frames
     DUPLICATE = 6  # a link to this peer is already up and wins the tie-break
-    RETIRED = 7  # the sender's incarnation was replaced by a newer process in its slot
+    RETIRED = 7  # the receiver's incarnation was replaced by a newer process in its slot
+    SEALED = 8  # the receiver's generation became ready without the receiver: it must mint a newer one
+    WRONG_MODE = 9  # one end takes fixed epochs, the other mints its own generations
 
 
 @total_ordering
@@ -99,6 +109,7 @@ class Hello:
     target: int
     epoch: Epoch
     incarnation: int
+    auto: bool = False
     version: int = PROTOCOL_VERSION
 
 
@@ -119,7 +130,15 @@ class Goodbye:
     reason: str
 
 
-Frame = Hello | Refuse | Heartbeat | Goodbye
+@frozen
+class View:
+    """The sender's view of generation ``epoch``: ``incarnations[k]`` is the process it links to in slot k."""
+
+    epoch: Epoch
+    incarnations: tuple[int, ...]
+
+
+Frame = Hello | Refuse | Heartbeat | Goodbye | View
 
 
 def _text(data: str, limit: int) -> bytes:
@@ -149,6 +168,7 @@ def _encode(frame: Frame) -> bytes:
                     frame.epoch.major,
                     frame.epoch.minor,
                     frame.incarnation,
+                    FLAG_AUTO if frame.auto else 0,
                     len(name),
                 )
                 + name
@@ -165,6 +185,12 @@ def _encode(frame: Frame) -> bytes:
             reason = _text(frame.reason, 1024)
             body = _TEXT_HEAD.pack(len(reason)) + reason
             kind = FrameType.GOODBYE
+        case View():
+            count = len(frame.incarnations)
+            body = _VIEW_HEAD.pack(frame.epoch.major, frame.epoch.minor, count) + struct.pack(
+                f">{count}Q", *frame.incarnations
+            )
+            kind = FrameType.VIEW
         case _:
             raise LocalProtocolError(f"not a frame: {frame!r}")
     return _LENGTH.pack(len(body) + 1) + bytes([kind]) + body
@@ -200,7 +226,7 @@ def _decode_hello(payload: bytes) -> Hello:
         raise UnsupportedVersion(version)
     if len(payload) < _HELLO_HEAD.size + _HELLO_BODY.size:
         raise RemoteProtocolError("truncated hello")
-    sender, target, major, minor, incarnation, name_length = _HELLO_BODY.unpack_from(payload, _HELLO_HEAD.size)
+    sender, target, major, minor, incarnation, flags, name_length = _HELLO_BODY.unpack_from(payload, _HELLO_HEAD.size)
     name = payload[_HELLO_HEAD.size + _HELLO_BODY.size :]
     if len(name) != name_length:
         raise RemoteProtocolError("hello cluster name length does not match the frame")
@@ -208,7 +234,7 @@ def _decode_hello(payload: bytes) -> Hello:
         cluster = name.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("hello cluster name is not UTF-8") from exc
-    return Hello(cluster, sender, target, Epoch(major, minor), incarnation, version)
+    return Hello(cluster, sender, target, Epoch(major, minor), incarnation, bool(flags & FLAG_AUTO), version)
 
 
 def _decode_refuse(payload: bytes) -> Refuse:
@@ -221,6 +247,15 @@ def _decode_refuse(payload: bytes) -> Refuse:
         raise RemoteProtocolError(f"unknown refuse reason {code}") from exc
     detail = _decode_text(payload, _REFUSE_HEAD.size - _TEXT_HEAD.size, "refuse")
     return Refuse(reason, Epoch(major, minor), detail)
+
+
+def _decode_view(payload: bytes) -> View:
+    if len(payload) < _VIEW_HEAD.size:
+        raise RemoteProtocolError("truncated view frame")
+    major, minor, count = _VIEW_HEAD.unpack_from(payload)
+    if len(payload) != _VIEW_HEAD.size + count * _INCARNATION.size:
+        raise RemoteProtocolError("view frame length does not match its count")
+    return View(Epoch(major, minor), struct.unpack_from(f">{count}Q", payload, _VIEW_HEAD.size))
 
 
 def decode_frame(kind: int, payload: bytes) -> Frame:
@@ -236,6 +271,8 @@ def decode_frame(kind: int, payload: bytes) -> Frame:
             return Heartbeat()
         case FrameType.GOODBYE:
             return Goodbye(_decode_text(payload, 0, "goodbye"))
+        case FrameType.VIEW:
+            return _decode_view(payload)
     raise RemoteProtocolError(f"unknown frame type {kind}")
 
 

@@ -15,7 +15,6 @@ import trio.testing
 
 from meshd.config import Address
 
-
 # Connections that may wait for accept(), as the kernel's listen backlog allows; beyond it, connects are refused.
 LISTEN_BACKLOG = 128
 

@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import trio
-from attrs import define
+from attrs import define, evolve
 from loguru import logger
 
 from meshd.config import Address
 from meshd.errors import Fenced
 from meshd.handshake import Identity
-from meshd.protocol import Epoch, Hello
+from meshd.protocol import Epoch, Hello, View
 
 EXIT_OK = 0
 EXIT_FENCED = 75
@@ -35,8 +35,9 @@ FENCE_LINGER = 0.05
 
 
 class MeshState(enum.StrEnum):
-    FORMING = "forming"  # not every link has been up at once yet
-    READY = "ready"  # every link is up
+    AWAITING = "awaiting"  # ``--epoch await``: no epoch yet, waiting for a controller's start op
+    FORMING = "forming"  # not every link has been up with agreeing views yet
+    READY = "ready"  # every link is up and every peer reported the same view of the mesh
     DEGRADED = "degraded"  # the mesh was ready and a link is down
     STOPPING = "stopping"  # a stop was requested; links are closing
     FENCED = "fenced"  # a newer epoch was seen; the process is exiting with 75
@@ -102,20 +103,45 @@ class EventBus:
 
 
 class Supervisor:
-    def __init__(self, me: Identity, addresses: list[Address], wall_clock: Callable[[], float] = time.time) -> None:
+    """Owns the identity (epoch, and in auto mode the sealed view), the peer rows and the mesh state.
+
+    Readiness is agreement, not just connectivity: the mesh is ready when every link is up and every peer's last
+    VIEW (which incarnation it links to in each slot) equals ours. Two processes therefore can never both be ready
+    in one generation with different processes in a slot. With self-minted generations, the view a process is
+    first ready with is sealed: that generation then never admits another incarnation of any slot.
+    """
+
+    def __init__(
+        self,
+        me: Identity,
+        addresses: list[Address],
+        wall_clock: Callable[[], float] = time.time,
+        mint: Callable[[Epoch | None], Epoch] | None = None,
+        mode: str = "fixed",
+    ) -> None:
+        awaiting = mode == "await"
+        self.mode = mode  # "fixed" (--epoch E), "auto" (self-minted generations) or "await" (controller start op)
         self.me = me
         self.events = EventBus()
         self._wall_clock = wall_clock
+        self._mint = mint
         self.started = wall_clock()
-        self.state = MeshState.FORMING
+        self.state = MeshState.AWAITING if awaiting else MeshState.FORMING
         self.state_since = self.started
+        self.began = trio.Event()
+        if not awaiting:
+            self.began.set()
         self.peers = {
             index: PeerStatus(index, address, since=self.started)
             for index, address in enumerate(addresses)
             if index != me.index
         }
+        self.peer_views: dict[int, View | None] = dict.fromkeys(self.peers)
+        self.generation_changes = 0
         self.exit_code = EXIT_OK
         self.exit_reason: str | None = None
+        self.on_view_change: Callable[[], None] = lambda: None
+        self.on_generation_change: Callable[[str], None] = lambda reason: None
         self._scope: trio.CancelScope | None = None
         self._log = logger.bind(index=me.index, epoch=str(me.epoch))
 
@@ -134,36 +160,114 @@ class Supervisor:
         self._log.info("mesh {} ({})", state, reason)
         self._publish(str(state), epoch=self.me.epoch.to_json(), reason=reason)
 
+    def view(self) -> View:
+        """Our view of the current generation: the incarnation we link to (or last linked to) in every slot."""
+        incarnations = tuple(
+            self.me.incarnation if slot == self.me.index else (self.peers[slot].incarnation or 0)
+            for slot in range(self.me.size)
+        )
+        return View(self.me.epoch, incarnations)
+
+    def _agreed(self) -> bool:
+        mine = self.view()
+        return all(peer.state is PeerState.UP for peer in self.peers.values()) and all(
+            view == mine for view in self.peer_views.values()
+        )
+
     def _reevaluate(self, reason: str) -> None:
-        if self.state in (MeshState.STOPPING, MeshState.FENCED):
+        if self.state in (MeshState.STOPPING, MeshState.FENCED, MeshState.AWAITING):
             return
-        if all(peer.state is PeerState.UP for peer in self.peers.values()):
+        if self._agreed():
+            if self.me.auto and self.me.sealed is None:
+                self.me = evolve(self.me, sealed=self.view().incarnations)
+                self._log.info("generation {} sealed: it admits no other process in any slot", self.me.epoch)
             self._set_mesh_state(MeshState.READY, reason)
         elif self.state is MeshState.READY:
             self._set_mesh_state(MeshState.DEGRADED, reason)
+
+    def begin(self, epoch: Epoch) -> None:
+        """``--epoch await``: the controller's start op gives the epoch; links and the accept loop start now."""
+        self._change_epoch(epoch)
+        self._set_mesh_state(MeshState.FORMING, f"controller started epoch {epoch}")
+        self.began.set()
+
+    def request_start(self, epoch: Epoch) -> dict[str, Any]:
+        """The controller's ``start`` op (``--epoch await``): the answer to send back.
+
+        The first start gives the epoch; a newer one fences this process (exit 75); the same one is a no-op;
+        an older one is refused and changes nothing.
+        """
+        if self.mode != "await":
+            return {"error": f"this daemon runs with --epoch {'auto' if self.me.auto else self.me.epoch}, not await"}
+        if not self.began.is_set():
+            self.begin(epoch)
+            return {"ok": True, "epoch": epoch.to_json()}
+        if epoch > self.me.epoch:
+            self.fence(Fenced("the controller", epoch, self.me.epoch))
+            return {"ok": True, "epoch": epoch.to_json(), "fenced": True}
+        if epoch == self.me.epoch:
+            return {"ok": True, "epoch": epoch.to_json()}
+        return {"error": f"epoch {epoch} is older than the running epoch {self.me.epoch}; nothing changed"}
+
+    def _change_epoch(self, epoch: Epoch) -> None:
+        self.me = evolve(self.me, epoch=epoch)
+        self._log = logger.bind(index=self.me.index, epoch=str(epoch))
+        self.peer_views = dict.fromkeys(self.peers)
+
+    def move_to(self, epoch: Epoch, reason: str) -> None:
+        """Auto mode, never ready in the current generation: join a newer one in place (no state to lose).
+
+        Every link of the old generation is dropped; the dial loops and the accept loop re-form them in the new one.
+        """
+        if epoch <= self.me.epoch or self.me.sealed is not None or self.state in (MeshState.STOPPING, MeshState.FENCED):
+            return
+        self.generation_changes += 1
+        self._change_epoch(epoch)
+        self._log.info("moved to generation {}: {}", epoch, reason)
+        self._publish("generation", epoch=epoch.to_json(), reason=reason)
+        self.on_generation_change(f"moved to generation {epoch}")
+
+    def mint_above(self, sealed: Epoch, reason: str) -> None:
+        """Auto mode: our generation became ready without us (a SEALED refusal), so mint a newer one."""
+        assert self._mint is not None, "mint_above() outside auto mode"
+        if sealed < self.me.epoch:
+            return  # we already moved past it
+        self.move_to(self._mint(sealed), reason)
+
+    def peer_view(self, peer: int, view: View) -> None:
+        if view.epoch != self.me.epoch:
+            return  # a view of another generation, in flight across a generation change
+        self.peer_views[peer] = view
+        self._reevaluate(f"peer {peer} reported its view")
 
     def link_up(self, peer: int, hello: Hello, dialer: int) -> None:
         status = self.peers[peer]
         direction = "dialed" if dialer == self.me.index else "accepted"
         if status.state is PeerState.UP and status.incarnation == hello.incarnation:
             self._log.debug("link {} moved to the connection {} (tie-break or reconnect)", peer, direction)
+            self.peer_views[peer] = None  # the peer sends its view again on the new connection
             return
         if status.incarnation is not None and status.incarnation != hello.incarnation:
             self._log.info("peer {} restarted (incarnation {:016x})", peer, hello.incarnation)
             self._publish("peer_restarted", peer=peer, incarnation=f"{hello.incarnation:016x}")
+        changed_view = status.incarnation != hello.incarnation
         status.state = PeerState.UP
         status.epoch = hello.epoch
         status.incarnation = hello.incarnation
+        self.peer_views[peer] = None
         status.since = self._wall_clock()
         status.connects += 1
         self._log.info("link {} up ({}, epoch {})", peer, direction, hello.epoch)
         self._publish("link_up", peer=peer, epoch=hello.epoch.to_json(), direction=direction)
+        if changed_view:
+            self.on_view_change()
         self._reevaluate(f"link {peer} up")
 
     def link_down(self, peer: int, reason: str) -> None:
         status = self.peers[peer]
         status.state = PeerState.DOWN
         status.epoch = None
+        self.peer_views[peer] = None
         status.since = self._wall_clock()
         status.failures += 1
         status.last_error = reason
@@ -216,7 +320,10 @@ class Supervisor:
             "cluster": self.me.cluster,
             "index": self.me.index,
             "size": self.me.size,
-            "epoch": self.me.epoch.to_json(),
+            "epoch": None if self.state is MeshState.AWAITING else self.me.epoch.to_json(),
+            "mode": self.mode,
+            "sealed": self.me.sealed is not None,
+            "generation_changes": self.generation_changes,
             "incarnation": f"{self.me.incarnation:016x}",
             "state": str(self.state),
             "state_since": self.state_since,

@@ -54,7 +54,7 @@ ME = identity(0)
 
 
 def hello(sender=1, target=0, *, epoch=1, cluster="demo", version=PROTOCOL_VERSION):
-    return Hello(cluster, sender, target, Epoch(epoch), 77, version)
+    return Hello(cluster, sender, target, Epoch(epoch), 77, version=version)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_other_protocol_version_is_refused(version):
 
 def test_checks_run_in_the_documented_order():
     """Version before cluster before index before epoch: a hello wrong in every way gets the first reason."""
-    everything_wrong = Hello("other", 0, 9, Epoch(0), 77, PROTOCOL_VERSION + 1)
+    everything_wrong = Hello("other", 0, 9, Epoch(0), 77, version=PROTOCOL_VERSION + 1)
     assert judge(ME, everything_wrong, 2).reason is RefuseReason.BAD_VERSION
     assert judge(ME, Hello("other", 0, 9, Epoch(0), 77), 2).reason is RefuseReason.WRONG_CLUSTER
     assert judge(ME, Hello("demo", 0, 9, Epoch(9), 77), 2).reason is RefuseReason.WRONG_INDEX

@@ -26,6 +26,7 @@ from meshd.protocol import (
     Refuse,
     RefuseReason,
     UnsupportedVersion,
+    View,
     encode,
 )
 
@@ -39,10 +40,12 @@ def raw_frame(kind, payload=b""):
     return struct.pack(">IB", len(payload) + 1, kind) + payload
 
 
-def hello_payload(*, magic=MAGIC, version=PROTOCOL_VERSION, sender=1, target=0, epoch=(7, 0), inc=9, name=b"demo"):
+def hello_payload(
+    *, magic=MAGIC, version=PROTOCOL_VERSION, sender=1, target=0, epoch=(7, 0), inc=9, flags=0, name=b"demo"
+):
     """A HELLO payload with every field settable, including a name length that may disagree with the name."""
     head = struct.pack(">4sH", magic, version)
-    body = struct.pack(">HHQQQB", sender, target, epoch[0], epoch[1], inc, len(name))
+    body = struct.pack(">HHQQQBB", sender, target, epoch[0], epoch[1], inc, flags, len(name))
     return head + body + name
 
 
@@ -82,10 +85,13 @@ epochs = st.builds(Epoch, epoch_parts, epoch_parts)
 cluster_names = st.text(max_size=MAX_NAME_BYTES).map(lambda name: utf8_prefix(name, MAX_NAME_BYTES))
 texts = st.text(max_size=300).map(lambda text: utf8_prefix(text, 1024))
 
-hellos = st.builds(Hello, cluster=cluster_names, sender=u16, target=u16, epoch=epochs, incarnation=u64)
+hellos = st.builds(
+    Hello, cluster=cluster_names, sender=u16, target=u16, epoch=epochs, incarnation=u64, auto=st.booleans()
+)
+views = st.builds(View, epoch=epochs, incarnations=st.lists(u64, max_size=64).map(tuple))
 refuses = st.builds(Refuse, reason=st.sampled_from(RefuseReason), epoch=epochs, detail=texts)
 goodbyes = st.builds(Goodbye, reason=texts)
-frames = st.one_of(hellos, refuses, st.just(Heartbeat()), goodbyes)
+frames = st.one_of(hellos, refuses, st.just(Heartbeat()), goodbyes, views)
 
 
 # ---------------------------------------------------------------------------------------------------------------
