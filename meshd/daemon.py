@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import trio
-from attrs import frozen
+from attrs import evolve, frozen
 from loguru import logger
 
 from meshd import generation
@@ -82,6 +82,8 @@ class Daemon:
             incarnation=new_incarnation() if incarnation is None else incarnation,
             auto=auto,
         )
+        if auto:
+            me = evolve(me, members=tuple(me.incarnation if slot == me.index else 0 for slot in range(me.size)))
         self.supervisor = Supervisor(
             me, config.cluster.peers, wall_clock, mint_generation if auto else None, settings.mode
         )

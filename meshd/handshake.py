@@ -12,8 +12,9 @@ Verdicts, in the order they are checked:
 3. the peer's epoch is newer: fence, this process belongs to a finished generation and exits; except that with
    self-minted generations a process that has never been ready in its generation adopts the newer one instead
    (it has no state to lose);
-4. with self-minted generations, once this process was ready in its generation (sealed), a process of a slot
-   that is not the incarnation it was ready with is refused with SEALED: it must mint a newer generation;
+4. with self-minted generations, a generation's membership is write-once: once this process has linked one
+   incarnation of a slot in its generation, any other incarnation of that slot is refused with SEALED and must
+   mint a newer generation (so a restarted process never joins a generation that already had its slot);
 5. otherwise: the link is up.
 """
 
@@ -47,7 +48,13 @@ class Identity:
     epoch: Epoch
     incarnation: int
     auto: bool = False  # self-minted generations (``--epoch auto``)
-    sealed: tuple[int, ...] | None = None  # auto only: the view (incarnation per slot) this process was ready with
+    # Auto only: the incarnation this process linked in each slot of its generation (0: none yet), write-once.
+    members: tuple[int, ...] | None = None
+    sealed: bool = False  # auto only: this process was ready in its generation, so it fences rather than adopts
+
+    def admits(self, slot: int, incarnation: int) -> bool:
+        """Whether this generation may link ``incarnation`` in ``slot`` (always, with fixed epochs)."""
+        return self.members is None or self.members[slot] in (0, incarnation)
 
     def hello(self, target: int | None) -> Hello:
         target = NO_TARGET if target is None else target
@@ -93,11 +100,11 @@ def judge(me: Identity, hello: Hello, expected_peer: int | None) -> Judgement:
     if hello.epoch < me.epoch:
         return Judgement(Verdict.REFUSE, RefuseReason.STALE_EPOCH, f"peer epoch {hello.epoch} is older than ours")
     if hello.epoch > me.epoch:
-        if me.auto and me.sealed is None:
+        if me.auto and not me.sealed:
             return Judgement(Verdict.ADOPT, None, f"peer generation {hello.epoch} is newer than ours ({me.epoch})")
         return Judgement(Verdict.FENCE, None, f"peer epoch {hello.epoch} is newer than ours ({me.epoch})")
-    if me.sealed is not None and me.sealed[hello.sender] != hello.incarnation:
-        detail = f"generation {me.epoch} was ready with another process in slot {hello.sender}"
+    if not me.admits(hello.sender, hello.incarnation):
+        detail = f"generation {me.epoch} already has another process in slot {hello.sender}"
         return Judgement(Verdict.REFUSE, RefuseReason.SEALED, detail)
     return Judgement(Verdict.ACCEPT)
 

@@ -102,6 +102,9 @@ class PeerLink:
             return Goodbye("shutting down")
         if hello.epoch != self.me.epoch:  # judged before our generation moved on
             return Refuse(RefuseReason.STALE_EPOCH, self.me.epoch, f"we moved on to generation {self.me.epoch}")
+        if not self._supervisor.admits(self.peer, hello.incarnation):
+            detail = f"generation {self.me.epoch} already has another process in slot {self.peer}"
+            return Refuse(RefuseReason.SEALED, self.me.epoch, detail)
         if origin.peer_incarnation in self._retired:
             detail = f"incarnation {origin.peer_incarnation:016x} was replaced by a newer process"
             return Refuse(RefuseReason.RETIRED, self.me.epoch, detail)

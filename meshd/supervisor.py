@@ -103,12 +103,13 @@ class EventBus:
 
 
 class Supervisor:
-    """Owns the identity (epoch, and in auto mode the sealed view), the peer rows and the mesh state.
+    """Owns the identity (epoch, and in auto mode the generation's members), the peer rows and the mesh state.
 
     Readiness is agreement, not just connectivity: the mesh is ready when every link is up and every peer's last
     VIEW (which incarnation it links to in each slot) equals ours. Two processes therefore can never both be ready
     in one generation with different processes in a slot. With self-minted generations, the view a process is
-    first ready with is sealed: that generation then never admits another incarnation of any slot.
+    generation's membership is write-once (one incarnation per slot for the generation's life), and a process that
+    was ready in its generation is sealed: it fences on a newer generation instead of adopting it.
     """
 
     def __init__(
@@ -161,9 +162,11 @@ class Supervisor:
         self._publish(str(state), epoch=self.me.epoch.to_json(), reason=reason)
 
     def view(self) -> View:
-        """Our view of the current generation: the incarnation we link to (or last linked to) in every slot."""
+        """Our view of the current generation: the incarnation we are linked to in every slot (0 while down)."""
         incarnations = tuple(
-            self.me.incarnation if slot == self.me.index else (self.peers[slot].incarnation or 0)
+            self.me.incarnation
+            if slot == self.me.index
+            else (self.peers[slot].incarnation or 0 if self.peers[slot].state is PeerState.UP else 0)
             for slot in range(self.me.size)
         )
         return View(self.me.epoch, incarnations)
@@ -178,9 +181,9 @@ class Supervisor:
         if self.state in (MeshState.STOPPING, MeshState.FENCED, MeshState.AWAITING):
             return
         if self._agreed():
-            if self.me.auto and self.me.sealed is None:
-                self.me = evolve(self.me, sealed=self.view().incarnations)
-                self._log.info("generation {} sealed: it admits no other process in any slot", self.me.epoch)
+            if self.me.auto and not self.me.sealed:
+                self.me = evolve(self.me, sealed=True)
+                self._log.info("generation {} sealed: a newer generation now fences this process", self.me.epoch)
             self._set_mesh_state(MeshState.READY, reason)
         elif self.state is MeshState.READY:
             self._set_mesh_state(MeshState.DEGRADED, reason)
@@ -210,7 +213,10 @@ class Supervisor:
         return {"error": f"epoch {epoch} is older than the running epoch {self.me.epoch}; nothing changed"}
 
     def _change_epoch(self, epoch: Epoch) -> None:
-        self.me = evolve(self.me, epoch=epoch)
+        members = None
+        if self.me.auto:
+            members = tuple(self.me.incarnation if slot == self.me.index else 0 for slot in range(self.me.size))
+        self.me = evolve(self.me, epoch=epoch, members=members)
         self._log = logger.bind(index=self.me.index, epoch=str(epoch))
         self.peer_views = dict.fromkeys(self.peers)
 
@@ -219,7 +225,7 @@ class Supervisor:
 
         Every link of the old generation is dropped; the dial loops and the accept loop re-form them in the new one.
         """
-        if epoch <= self.me.epoch or self.me.sealed is not None or self.state in (MeshState.STOPPING, MeshState.FENCED):
+        if epoch <= self.me.epoch or self.me.sealed or self.state in (MeshState.STOPPING, MeshState.FENCED):
             return
         self.generation_changes += 1
         self._change_epoch(epoch)
@@ -227,8 +233,12 @@ class Supervisor:
         self._publish("generation", epoch=epoch.to_json(), reason=reason)
         self.on_generation_change(f"moved to generation {epoch}")
 
+    def admits(self, peer: int, incarnation: int) -> bool:
+        """Whether a connection from this incarnation of ``peer`` may become its link (write-once membership)."""
+        return self.me.admits(peer, incarnation)
+
     def mint_above(self, sealed: Epoch, reason: str) -> None:
-        """Auto mode: our generation became ready without us (a SEALED refusal), so mint a newer one."""
+        """Auto mode: our generation already has another process in our slot (a SEALED refusal): mint a newer one."""
         assert self._mint is not None, "mint_above() outside auto mode"
         if sealed < self.me.epoch:
             return  # we already moved past it
@@ -250,7 +260,10 @@ class Supervisor:
         if status.incarnation is not None and status.incarnation != hello.incarnation:
             self._log.info("peer {} restarted (incarnation {:016x})", peer, hello.incarnation)
             self._publish("peer_restarted", peer=peer, incarnation=f"{hello.incarnation:016x}")
-        changed_view = status.incarnation != hello.incarnation
+        if self.me.members is not None and self.me.members[peer] == 0:
+            members = list(self.me.members)
+            members[peer] = hello.incarnation
+            self.me = evolve(self.me, members=tuple(members))
         status.state = PeerState.UP
         status.epoch = hello.epoch
         status.incarnation = hello.incarnation
@@ -259,8 +272,7 @@ class Supervisor:
         status.connects += 1
         self._log.info("link {} up ({}, epoch {})", peer, direction, hello.epoch)
         self._publish("link_up", peer=peer, epoch=hello.epoch.to_json(), direction=direction)
-        if changed_view:
-            self.on_view_change()
+        self.on_view_change()
         self._reevaluate(f"link {peer} up")
 
     def link_down(self, peer: int, reason: str) -> None:
@@ -273,6 +285,7 @@ class Supervisor:
         status.last_error = reason
         self._log.warning("link {} down: {}", peer, reason)
         self._publish("link_down", peer=peer, reason=reason)
+        self.on_view_change()
         self._reevaluate(f"link {peer} down: {reason}")
 
     def attempt_failed(self, peer: int, reason: str) -> None:
@@ -322,7 +335,7 @@ class Supervisor:
             "size": self.me.size,
             "epoch": None if self.state is MeshState.AWAITING else self.me.epoch.to_json(),
             "mode": self.mode,
-            "sealed": self.me.sealed is not None,
+            "sealed": self.me.sealed,
             "generation_changes": self.generation_changes,
             "incarnation": f"{self.me.incarnation:016x}",
             "state": str(self.state),
