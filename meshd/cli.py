@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--chaos", type=_seconds, metavar="SECONDS", help="kill -9 a random daemon every SECONDS")
     cluster.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after SECONDS (default: Ctrl-C)")
     cluster.add_argument("--seed", type=int, help="seed of the chaos victim choice")
+    cluster.add_argument("--auto", action="store_true", help="run the daemons with --epoch auto (no controller epochs)")
     return parser
 
 
@@ -199,6 +200,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         chaos=args.chaos,
         duration=args.duration,
         seed=args.seed,
+        auto=args.auto,
     )
     return trio.run(run_cluster, spec)
 

@@ -1,6 +1,7 @@
 """``meshd cluster``: a local controller that runs N daemons and restarts them the way an orchestrator would.
 
-Controller policy, the one the design assumes:
+Controller policy with fixed epochs, the one the design assumes (with ``--auto`` every daemon runs
+``--epoch auto`` and is simply restarted, the cluster minting its own generations):
 - a daemon that exits 75 (fenced) is restarted with the current cluster epoch: it only learned that it was stale;
 - a daemon that dies any other way (crash, kill -9) is restarted with a *new* epoch, so its replacement fences the
   survivors of the old generation instead of joining them.
@@ -46,6 +47,7 @@ class ClusterSpec:
     duration: float | None = None
     seed: int | None = None
     host: str = "127.0.0.1"
+    auto: bool = False
 
 
 @define
@@ -87,7 +89,7 @@ class Cluster:
             sys.executable, "-m", "meshd", "run",
             "--config", str(self.config),
             "--index", str(slot.index),
-            "--epoch", str(slot.epoch),
+            "--epoch", "auto" if self.spec.auto else str(slot.epoch),
             "--admin", str(slot.admin),
         ]  # fmt: skip
 
@@ -105,7 +107,10 @@ class Cluster:
                 if self.stopping:
                     return
                 slot.exits.append(code)
-                if code == EXIT_FENCED:
+                if self.spec.auto:
+                    self.fault_at = self.fault_at or (None if code == EXIT_FENCED else trio.current_time())
+                    self.say(f"daemon {slot.index} exited with {code}: restarting it")
+                elif code == EXIT_FENCED:
                     self.say(f"daemon {slot.index} fenced (exit 75): restarting at epoch {self.epoch}")
                 else:
                     self.epoch = max(self.epoch, slot.epoch) + 1
@@ -129,8 +134,12 @@ class Cluster:
                 slot.status = await admin.request(slot.admin, {"op": "status"})
 
     def all_ready(self) -> bool:
+        """Every daemon ready in one epoch (the controller's current one with fixed epochs)."""
         states = [slot.status for slot in self.slots]
-        return all(s is not None and s["state"] == "ready" and s["epoch"] == self.epoch for s in states)
+        if any(s is None or s["state"] != "ready" for s in states):
+            return False
+        epochs = {s["epoch"] for s in states if s is not None}
+        return len(epochs) == 1 and (self.spec.auto or self.epoch in epochs)
 
     async def monitor(self) -> None:
         last_table = ""
@@ -142,9 +151,8 @@ class Cluster:
                 took = trio.current_time() - self.fault_at
                 self.recoveries.append(took)
                 self.fault_at = None
-                self.say(
-                    f"recovered: all {self.spec.size} daemons ready at epoch {self.epoch}, {took:.2f}s after the fault"
-                )
+                epoch = self.slots[0].status["epoch"] if self.slots[0].status else self.epoch
+                self.say(f"recovered: all {self.spec.size} ready at epoch {epoch}, {took:.2f}s after the fault")
             table = self.table()
             if table != last_table:
                 print(table, flush=True)
@@ -152,7 +160,8 @@ class Cluster:
             await trio.sleep(REFRESH_INTERVAL)
 
     def table(self) -> str:
-        lines = [f"cluster epoch {self.epoch}", "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
+        head = "cluster minting its own generations" if self.spec.auto else f"cluster epoch {self.epoch}"
+        lines = [head, "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
         for slot in self.slots:
             status = slot.status
             pid = slot.process.pid if slot.process and slot.process.returncode is None else "-"
