@@ -185,11 +185,8 @@ class Daemon:
         except LinkFailure as exc:
             self.supervisor.inbound_refused(exc.reason)
             return
-        except Fenced as exc:
-            self.supervisor.fence(exc)
-            return
-        except NewerGeneration as exc:
-            self.supervisor.move_to(exc.epoch, f"peer {exc.peer} runs it")
+        except (Fenced, NewerGeneration) as exc:
+            self.supervisor.newer_epoch_seen(exc)
             return
         refusal = self.links[hello.sender].offer(conn, hello, dialer=hello.sender)
         if refusal is not None:

@@ -73,10 +73,6 @@ class PeerLink:
         """Who we are now: the epoch can move (auto mode, await mode), so it is read at each use."""
         return self._supervisor.me
 
-    @property
-    def is_up(self) -> bool:
-        return self._session is not None
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the link until cancelled; reports started once ``offer`` may be called."""
         async with trio.open_nursery() as nursery:
@@ -180,11 +176,8 @@ class PeerLink:
                 self._supervisor.attempt_failed(self.peer, exc.reason)
                 await trio.sleep(self._backoff.next_delay())
                 continue
-            except Fenced as exc:
-                self._supervisor.fence(exc)
-                return
-            except NewerGeneration as exc:
-                self._supervisor.move_to(exc.epoch, f"peer {exc.peer} runs it")
+            except (Fenced, NewerGeneration) as exc:
+                self._supervisor.newer_epoch_seen(exc)
                 continue
             refusal = self.offer(conn, hello, dialer=self.me.index)
             if refusal is not None:

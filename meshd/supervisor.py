@@ -21,7 +21,7 @@ from attrs import define, evolve
 from loguru import logger
 
 from meshd.config import Address
-from meshd.errors import Fenced
+from meshd.errors import Fenced, NewerGeneration
 from meshd.handshake import Identity
 from meshd.protocol import Epoch, Hello, View
 
@@ -303,6 +303,13 @@ class Supervisor:
 
     def inbound_refused(self, reason: str) -> None:
         self._log.warning("inbound connection closed: {}", reason)
+
+    def newer_epoch_seen(self, proof: Fenced | NewerGeneration) -> None:
+        """A handshake showed a newer epoch: fence (fixed epochs, or sealed), or move to it (auto, never ready)."""
+        if isinstance(proof, Fenced):
+            self.fence(proof)
+        else:
+            self.move_to(proof.epoch, f"peer {proof.peer} runs it")
 
     def fence(self, fenced: Fenced) -> None:
         """A newer epoch exists: end the whole process with EXIT_FENCED."""

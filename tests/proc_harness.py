@@ -164,7 +164,7 @@ class Proc:
 @dataclass(eq=False)
 class Daemon(Proc):
     index: int = 0
-    epoch: int = 0
+    epoch: int | str | None = 0  # what --epoch said: an integer, "auto" or "await" (None: the config file's)
     admin: Address = field(default_factory=lambda: Address(HOST, 0))
 
 
@@ -235,22 +235,26 @@ class Harness:
         self,
         cluster: Cluster,
         index: int,
-        epoch: int,
+        epoch: int | str | None,
         *,
         config: Path | None = None,
         admin: Address | None = None,
         extra_args: Iterable[str] = (),
+        name: str | None = None,
     ) -> Daemon:
+        """Start ``meshd run`` for slot ``index``; ``epoch`` is an integer, "auto" or "await", or None to leave
+        ``--epoch`` out (the config file then names it)."""
         address = admin or cluster.admin(index)
         args = [
             "run",
             "--config", str(config or cluster.config),
             "--index", str(index),
-            "--epoch", str(epoch),
+            *([] if epoch is None else ["--epoch", str(epoch)]),
             "--admin", str(address),
             *extra_args,
         ]  # fmt: skip
-        return self.spawn(f"d{index}-e{epoch}", args, cls=Daemon, index=index, epoch=epoch, admin=address)
+        name = name or f"d{index}-e{epoch}"
+        return self.spawn(name, args, cls=Daemon, index=index, epoch=epoch, admin=address)
 
     def start_all(self, cluster: Cluster, epoch: int, **kwargs: Any) -> list[Daemon]:
         return [self.start(cluster, index, epoch, **kwargs) for index in range(cluster.size)]
