@@ -37,6 +37,9 @@ class Session:
     origin: LinkOrigin
     scope: trio.CancelScope = field(factory=trio.CancelScope)
     failure: str | None = None
+    # The peer kept this connection too (a heartbeat arrived). When an unproven link drops, the dial loop backs off
+    # before redialing: a peer that accepts a handshake and then refuses the link must not cause a dial storm.
+    proven: bool = False
 
     def fail(self, reason: str) -> None:
         if self.failure is None:
@@ -121,7 +124,6 @@ class PeerLink:
                 del self._retired[next(iter(self._retired))]
         self._incarnation = origin.peer_incarnation
         self._session = candidate
-        self._backoff.reset()
         self._supervisor.link_up(self.peer, hello, dialer)
         self._nursery.start_soon(self._run_session, candidate)
         return None
@@ -131,6 +133,7 @@ class PeerLink:
         session = self._session
         if session is not None:
             self._session = None
+            session.proven = True  # the link did nothing wrong: redial at once, in the new generation
             session.fail(reason)
             self._supervisor.link_down(self.peer, reason)
             self._backoff.reset()
@@ -167,17 +170,26 @@ class PeerLink:
 
     async def _dial_forever(self) -> None:
         while True:
-            if self._session is not None:
+            session = self._session
+            if session is not None:
                 self._went_down = trio.Event()
                 await self._went_down.wait()
+                if not session.proven:
+                    await trio.sleep(self._backoff.next_delay())
             try:
                 conn, hello = await self._dial()
             except LinkFailure as exc:
                 self._supervisor.attempt_failed(self.peer, exc.reason)
                 await trio.sleep(self._backoff.next_delay())
                 continue
-            except (Fenced, NewerGeneration) as exc:
+            except Fenced as exc:
+                self._supervisor.fence(exc)
+                return  # the process is ending: dialing again could only spin
+            except NewerGeneration as exc:
+                was = self.me.epoch
                 self._supervisor.newer_epoch_seen(exc)
+                if self.me.epoch == was:  # not adopted (stopping, or sealed meanwhile): wait like any failure
+                    await trio.sleep(self._backoff.next_delay())
                 continue
             refusal = self.offer(conn, hello, dialer=self.me.index)
             if refusal is not None:
@@ -226,6 +238,9 @@ class PeerLink:
                     frame = await session.conn.receive()
                     match frame:
                         case Heartbeat():
+                            if not session.proven:
+                                session.proven = True
+                                self._backoff.reset()
                             continue
                         case View():
                             self._supervisor.peer_view(self.peer, frame)
