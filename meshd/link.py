@@ -206,11 +206,13 @@ class PeerLink:
         return await handshake(stream, self.me, self.peer, self._timeouts.handshake)
 
     async def _run_session(self, session: Session) -> None:
-        with session.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_heartbeats, session)
-                await self._receive(session)
-        await session.conn.aclose()
+        try:
+            with session.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_heartbeats, session)
+                    await self._receive(session)
+        finally:  # also when the whole daemon is cancelled (fence, stop, or an embedding program's scope)
+            await session.conn.aclose()
         if self._session is session:
             self._session = None
             self._supervisor.link_down(self.peer, session.failure or "link closed")
