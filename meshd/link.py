@@ -29,6 +29,12 @@ HEARTBEAT_FRAME = encode(Heartbeat())
 RETIRED_MEMORY = 64
 
 
+def next_tick(now: float, interval: float) -> float:
+    """The first point of the grid ``k * interval`` strictly after ``now`` (float rounding cannot return ``now``)."""
+    tick = (math.floor(now / interval) + 1) * interval
+    return tick if tick > now else tick + interval
+
+
 @define(eq=False)
 class Session:
     """One established connection serving as the link; its scope is cancelled when it fails or is replaced."""
@@ -226,7 +232,7 @@ class PeerLink:
             await session.conn.send_bytes(encode(self._supervisor.view()))
             while True:
                 await session.conn.send_bytes(HEARTBEAT_FRAME)
-                await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
+                await trio.sleep_until(next_tick(trio.current_time(), interval))
         except LinkFailure as exc:
             session.fail(exc.reason)
 
@@ -244,8 +250,10 @@ class PeerLink:
                                 session.proven = True
                                 self._backoff.reset()
                             continue
-                        case View():
+                        case View() if session is self._session:  # a lingering loser's views are history
                             self._supervisor.peer_view(self.peer, frame)
+                        case View():
+                            pass
                         case Goodbye(reason=reason):
                             raise LinkFailure(f"peer left: {reason}")
                         case Refuse(reason=RefuseReason.SEALED, epoch=sealed, detail=detail):
