@@ -229,7 +229,6 @@ class PeerLink:
         daemon: the monotonic clock is system-wide), so that one wake-up serves all links instead of one each."""
         interval = self._timeouts.heartbeat_interval
         try:
-            await session.conn.send_bytes(encode(self._supervisor.view()))
             while True:
                 await session.conn.send_bytes(HEARTBEAT_FRAME)
                 await trio.sleep_until(next_tick(trio.current_time(), interval))

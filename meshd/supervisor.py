@@ -171,6 +171,15 @@ class Supervisor:
         )
         return View(self.me.epoch, incarnations)
 
+    def _announce_view(self) -> None:
+        """Send our view to every peer, once it is full (every link up).
+
+        Only a full view can ever equal a ready peer's view, so partial views need not travel: this keeps the VIEW
+        traffic of forming an N-process mesh at O(N) frames per process instead of one per link change.
+        """
+        if all(peer.state is PeerState.UP for peer in self.peers.values()):
+            self.on_view_change()
+
     def _agreed(self) -> bool:
         mine = self.view()
         return all(peer.state is PeerState.UP for peer in self.peers.values()) and all(
@@ -256,6 +265,7 @@ class Supervisor:
         if status.state is PeerState.UP and status.incarnation == hello.incarnation:
             self._log.debug("link {} moved to the connection {} (tie-break or reconnect)", peer, direction)
             self.peer_views[peer] = None  # the peer sends its view again on the new connection
+            self._announce_view()
             return
         if status.incarnation is not None and status.incarnation != hello.incarnation:
             self._log.info("peer {} restarted (incarnation {:016x})", peer, hello.incarnation)
@@ -272,7 +282,7 @@ class Supervisor:
         status.connects += 1
         self._log.info("link {} up ({}, epoch {})", peer, direction, hello.epoch)
         self._publish("link_up", peer=peer, epoch=hello.epoch.to_json(), direction=direction)
-        self.on_view_change()
+        self._announce_view()
         self._reevaluate(f"link {peer} up")
 
     def link_down(self, peer: int, reason: str) -> None:
@@ -285,7 +295,6 @@ class Supervisor:
         status.last_error = reason
         self._log.warning("link {} down: {}", peer, reason)
         self._publish("link_down", peer=peer, reason=reason)
-        self.on_view_change()
         self._reevaluate(f"link {peer} down: {reason}")
 
     def attempt_failed(self, peer: int, reason: str) -> None:
