@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -176,14 +178,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from meshd import admin
 
+    async def show_events() -> None:
+        async with aclosing(admin.watch(args.admin)) as events:
+            async for event in events:
+                if args.json:
+                    print(json.dumps(event), flush=True)
+                elif event["event"] == "snapshot":
+                    print(format_status(event["status"]), flush=True)
+                else:
+                    print(format_event(event), flush=True)
+
     async def follow() -> None:
-        async for event in admin.watch(args.admin):
-            if args.json:
-                print(json.dumps(event), flush=True)
-            elif event["event"] == "snapshot":
-                print(format_status(event["status"]), flush=True)
-            else:
-                print(format_event(event), flush=True)
+        """Print events until the daemon goes away or SIGINT/SIGTERM arrives (both end the watch with 0)."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await show_events()
+                nursery.cancel_scope.cancel()
 
     trio.run(follow)
     return EXIT_OK
