@@ -142,6 +142,7 @@ class Daemon:
         with trio.CancelScope() as scope:
             self.supervisor.attach(scope)
             async with trio.open_nursery() as nursery:
+                self.supervisor.on_fence = lambda: nursery.start_soon(self.supervisor.exit_after_watchers_drained)
                 if self._admin_listeners:
                     await nursery.start(serve_admin, self._admin_listeners, self.supervisor)
                 task_status.started()

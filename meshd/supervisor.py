@@ -29,9 +29,12 @@ EXIT_OK = 0
 EXIT_FENCED = 75
 # Events a slow watcher may lag behind before it is cut off (it can reconnect and ask for status).
 WATCH_BUFFER = 256
-# After a fence, how long the process lingers so that watchers receive the "fenced" event. Nothing can undo a
-# fence in that time: the mesh state is final and no link changes it.
+# After a fence, once every watcher has taken its queued events, how long the process lingers so that the last
+# ones are written out. Nothing can undo a fence in that time: the mesh state is final and no link changes it.
 FENCE_LINGER = 0.05
+# How often a fenced process checks whether its watchers have taken their events, and how long it waits at most.
+DRAIN_POLL = 0.01
+DRAIN_LIMIT = 1.0
 
 
 class MeshState(enum.StrEnum):
@@ -90,6 +93,11 @@ class EventBus:
                 self._watchers.discard(channel)
                 channel.close()
 
+    async def drained(self) -> None:
+        """Return once every watcher has taken every event published so far."""
+        while any(channel.statistics().current_buffer_used for channel in self._watchers):
+            await trio.sleep(DRAIN_POLL)
+
     @contextmanager
     def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
         send, receive = trio.open_memory_channel[dict[str, Any]](WATCH_BUFFER)
@@ -143,6 +151,7 @@ class Supervisor:
         self.exit_reason: str | None = None
         self.on_view_change: Callable[[], None] = lambda: None
         self.on_generation_change: Callable[[str], None] = lambda reason: None
+        self.on_fence: Callable[[], None] = self.cancel
         self._scope: trio.CancelScope | None = None
         self._log = logger.bind(index=me.index, epoch=str(me.epoch))
 
@@ -328,8 +337,14 @@ class Supervisor:
         self.exit_reason = str(fenced)
         self._set_mesh_state(MeshState.FENCED, str(fenced))
         self._log.error("fenced: {}; exiting with {}", fenced, EXIT_FENCED)
-        if self._scope is not None:
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + FENCE_LINGER)
+        self.on_fence()
+
+    async def exit_after_watchers_drained(self) -> None:
+        """The end of a fence: let watchers take the "fenced" event (bounded), linger a moment, end everything."""
+        with trio.move_on_after(DRAIN_LIMIT):
+            await self.events.drained()
+        await trio.sleep(FENCE_LINGER)
+        self.cancel()
 
     def stop(self, reason: str) -> None:
         """A requested, orderly stop: exit 0."""
