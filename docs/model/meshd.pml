@@ -4,11 +4,13 @@
  *
  * Compile-time switches (spin -DNAME ...):
  *   FIXED        fixed epochs from a controller (--epoch E); default: self-minted generations (--epoch auto)
- *   BRIEF_RULES  the first design: a process's membership is fixed only when it seals (first ready), and a link
- *                going down leaves the view unchanged; default: the rules of the code (docs/design.md R1-R6):
- *                write-once membership from the first link of each slot, views name only up links
+ *   BRIEF_RULES  the first design (commit 499a4a3): a process's membership is fixed only when it seals (first
+ *                ready), and a link going down leaves the view unchanged; default: the rules of the code
+ *                (docs/design.md R1-R6): write-once membership from the first link of each slot, views name only
+ *                up links
  *   NOBUMP       with FIXED: a controller that restarts a dead process with the same epoch (breaks assumption A4)
  *   MAXF=n       faults in total (crash, pause, loss of one end of a link), after which none (default 2)
+ *   SYM          symmetry reduction: every step ends by renaming the slots into a standard order (see canonical)
  *   NOLOSS       no link-loss faults
  *   NOPAUSE      no pauses
  *
@@ -24,8 +26,9 @@
  *   connection exists only in the generation in which the connection was accepted (a generation change drops every
  *   link in the same step), so every VIEW that arrives is of the receiver's generation.
  * - Incarnations are numbered per slot: 1, 2, ... (the real ones are random 64-bit ids; only equality matters).
- *   Processes are named slot.incarnation in the printed trails (spin -t): 1.2 is the second process of slot 1,
- *   and generations by rank: g1 is the oldest live one.
+ *   Processes are named slot.incarnation in the printed trails (spin -t): 1.2 is the second process of slot 1;
+ *   "gen" is the epoch (fixed), or the rank of the generation among the live ones at that moment (auto: ranks
+ *   shift when generations appear or disappear).
  */
 
 #define N 3
@@ -125,12 +128,106 @@ byte rk[N];
 #define ADMITS(p, q) (mem[IX(p, q)] == 0 || mem[IX(p, q)] == inc[q])
 #endif
 
-/* the end of every step: the derived rdy[], and the scratch variables zeroed */
+/* the end of every step: with -DSYM the slots renamed into the standard order (canonical), the derived rdy[],
+   and the scratch variables zeroed */
 inline done() {
+#ifdef SYM
+    c_code { canonical(); };
+#endif
     rdy[0] = READY(0); rdy[1] = READY(1); rdy[2] = READY(2);
     t0 = 0; t1 = 0; t2 = 0; u0 = 0; u1 = 0; u2 = 0; hi = 0; hj = 0; hk = 0; hn = 0; hr = 0;
     rk[0] = 0; rk[1] = 0; rk[2] = 0
 }
+
+#ifdef SYM
+/*
+ * Symmetry reduction (-DSYM). No rule of the model depends on a slot's index (a handshake is judged the same from
+ * both ends, faults and the orchestrator treat every slot alike, generations are ranks), so renaming the slots
+ * maps runs to runs, and the properties (INV, ALL_READY) do not depend on the names. Every step therefore ends
+ * by renaming the slots into a standard order (done()): sorted by a key of each slot's own state and a digest of
+ * its links (ties keep their order, which costs reduction, not soundness). pan then stores one state for up to 6 renamings of it. Sound for the safety claim and for liveness
+ * without fairness (-f ties fairness to the Node processes, which a renaming reassigns). Written in C, once:
+ * pan undoes a d_step by restoring the whole state, so C code inside one is undone too. spin's simulator does not
+ * run C code: replay a trail of a run without -DSYM.
+ */
+c_code {
+#define SY_IX(p, q) ((p) * 3 + (q))
+#define SY_CH(p, q) ((p) * 2 + (q) - ((q) > (p)))
+
+static void
+sy_keys(int x, int *k1, int *k2)
+{	int y, s, n = 0;
+	*k1 = (((((now.alive[x] * 2 + now.paused[x]) * 2 + now.sealed[x]) * 8 + now.gen[x]) * 16 + now.inc[x]) * 4
+		+ now.fences[x]) * 2 + now.crashed[x];
+	*k2 = 0;
+	for (y = 0; y < 3; y++)
+	{	n += now.up[SY_IX(x, y)] + 3 * now.lvalid[SY_IX(x, y)] + 9 * now.refd[SY_IX(x, y)] + 27 * now.up[SY_IX(y, x)];
+		*k2 += now.linc[SY_IX(x, y)] + 7 * now.mem[SY_IX(x, y)] + 49 * now.lvalid[SY_IX(y, x)];
+		for (s = 0; s < 3; s++)
+			*k2 += 147 * now.lview[SY_IX(x, y) * 3 + s];
+		if (y != x)
+			*k2 += 4263 * q_len(now.vch[SY_CH(x, y)]);
+	}
+	*k1 = *k1 * 128 + n;
+}
+
+void
+canonical(void)
+{	int k1[3], k2[3], pm[3] = {0, 1, 2}, i, j, t, p, q, s, f, n;
+	uchar o_slot[7][3], o_pair[6][9], o_lview[27], fr[6][2][3], nfr[6];
+
+	for (i = 0; i < 3; i++)
+		sy_keys(i, &k1[i], &k2[i]);
+	for (i = 0; i < 3; i++)		/* sort slot numbers by key, stable */
+	for (j = 0; j < 2; j++)
+		if (k1[pm[j]] > k1[pm[j + 1]] || (k1[pm[j]] == k1[pm[j + 1]] && k2[pm[j]] > k2[pm[j + 1]]))
+		{	t = pm[j]; pm[j] = pm[j + 1]; pm[j + 1] = t;
+		}
+	if (pm[0] == 0 && pm[1] == 1)
+		return;			/* already in order */
+	/* new slot i is old slot pm[i] */
+	for (i = 0; i < 3; i++)
+	{	o_slot[0][i] = now.alive[i]; o_slot[1][i] = now.paused[i]; o_slot[2][i] = now.inc[i];
+		o_slot[3][i] = now.gen[i]; o_slot[4][i] = now.sealed[i]; o_slot[5][i] = now.fences[i];
+		o_slot[6][i] = now.crashed[i];
+	}
+	for (i = 0; i < 3; i++)
+	{	now.alive[i] = o_slot[0][pm[i]]; now.paused[i] = o_slot[1][pm[i]]; now.inc[i] = o_slot[2][pm[i]];
+		now.gen[i] = o_slot[3][pm[i]]; now.sealed[i] = o_slot[4][pm[i]]; now.fences[i] = o_slot[5][pm[i]];
+		now.crashed[i] = o_slot[6][pm[i]];
+	}
+	for (i = 0; i < 9; i++)
+	{	o_pair[0][i] = now.up[i]; o_pair[1][i] = now.linc[i]; o_pair[2][i] = now.lvalid[i];
+		o_pair[3][i] = now.refd[i]; o_pair[4][i] = now.mem[i]; o_pair[5][i] = now.rview[i];
+	}
+	for (i = 0; i < 27; i++)
+		o_lview[i] = now.lview[i];
+	for (p = 0; p < 3; p++)
+	for (q = 0; q < 3; q++)
+	{	i = SY_IX(p, q); j = SY_IX(pm[p], pm[q]);
+		now.up[i] = o_pair[0][j]; now.linc[i] = o_pair[1][j]; now.lvalid[i] = o_pair[2][j];
+		now.refd[i] = o_pair[3][j]; now.mem[i] = o_pair[4][j]; now.rview[i] = o_pair[5][j];
+		for (s = 0; s < 3; s++)
+			now.lview[i * 3 + s] = o_lview[j * 3 + pm[s]];
+	}
+	/* channels: empty all six (keeping their frames), refill each from its renamed source */
+	for (i = 0; i < 6; i++)
+	{	nfr[i] = q_len(now.vch[i]);
+		for (n = 0; n < nfr[i]; n++)
+			for (f = 0; f < 3; f++)
+				fr[i][n][f] = qrecv(now.vch[i], 0, f, f == 2);
+	}
+	for (p = 0; p < 3; p++)
+	for (q = 0; q < 3; q++)
+	{	if (p == q)
+			continue;
+		i = SY_CH(p, q); j = SY_CH(pm[p], pm[q]);
+		for (n = 0; n < nfr[j]; n++)
+			qsend(now.vch[i], 0, fr[j][n][pm[0]], fr[j][n][pm[1]], fr[j][n][pm[2]], 3);
+	}
+}
+}
+#endif
 
 inline flush(c) {
     do
@@ -176,7 +273,7 @@ inline reeval(x) {
     if
     :: !sealed[x] && READY(x) ->
         sealed[x] = 1;
-        printf("    %d.%d READY in g%d with view [%d %d %d]\n", x, inc[x], gen[x], V(x, 0), V(x, 1), V(x, 2));
+        printf("    %d.%d READY in gen %d with view [%d %d %d]\n", x, inc[x], gen[x], V(x, 0), V(x, 1), V(x, 2));
         rview[IX(x, 0)] = V(x, 0); rview[IX(x, 1)] = V(x, 1); rview[IX(x, 2)] = V(x, 2);
 #ifdef BRIEF_RULES
         mem[IX(x, 0)] = V(x, 0); mem[IX(x, 1)] = V(x, 1); mem[IX(x, 2)] = V(x, 2)
@@ -262,24 +359,25 @@ inline renumber() {
 }
 
 /* R5: x mints a new generation above lo (0: anywhere), unique among the live ones; x's old one is forgotten */
-inline mint(x, lo) {
-    /* double the others, so that the odd numbers are the gaps between them; then pick a gap above lo */
-    hn = 0; hi = 0;
+/* the highest generation (rank) among the others, 0 if none is alive */
+#define MAXG(x) ((gen[((x) + 1) % N] >= gen[((x) + 2) % N]) * gen[((x) + 1) % N] + \
+        (gen[((x) + 1) % N] < gen[((x) + 2) % N]) * gen[((x) + 2) % N])
+
+/* x's new generation goes into the k-th gap above rank lo: above lo + k of the others' ranks and below the next
+   one (k = 0: right above lo; k = MAXG(x) - lo: above every other). The choice of k is the guard of the step, so
+   that every step of the model is one d_step. */
+inline mint_at(x, lo, k) {
+    gen[x] = 2 * (lo + k) + 1;       /* odd: a gap between the others, doubled below */
+    hi = 0;
     do
     :: hi < N ->
         if
-        :: hi != x && alive[hi] -> gen[hi] = gen[hi] * 2; if :: gen[hi] > hn -> hn = gen[hi] :: else fi
+        :: hi != x && alive[hi] -> gen[hi] = gen[hi] * 2
         :: else
         fi;
         hi++
     :: else -> break
     od;
-    hr = lo * 2 + 1;                 /* the lowest gap above lo */
-    do
-    :: hr + 2 <= hn + 1 -> hr = hr + 2
-    :: break
-    od;
-    gen[x] = hr;
     renumber()
 }
 
@@ -305,7 +403,7 @@ inline older(x, y) {
     :: sealed[x] -> fence(x)
     :: else ->
         assert(!sealed[x]);   /* S5: a process that was ready never moves to another generation in place */
-        printf("    %d.%d adopts g%d of %d.%d, drops its links\n", x, inc[x], gen[y], y, inc[y]);
+        printf("    %d.%d adopts the newer generation of %d.%d, drops its links\n", x, inc[x], y, inc[y]);
         gen[x] = gen[y];
         reset_members(x);
         drop_all(x, KEEPV);
@@ -346,7 +444,7 @@ inline handshake(p, q) {
         if
         :: ADMITS(p, q) && ADMITS(q, p) ->
             flush(vch[CH(p, q)]); flush(vch[CH(q, p)]);
-            printf("%d.%d - %d.%d: link up in g%d\n", p, inc[p], q, inc[q], gen[p]);
+            printf("%d.%d - %d.%d: link up in gen %d\n", p, inc[p], q, inc[q], gen[p]);
             install(p, q); hn = hk; install(q, p);
             announce(p, q, hn); announce(q, p, hk);
             reeval(p); reeval(q)
@@ -383,11 +481,18 @@ inline birth(x) {
     fi;
     gen[x] = ctl
 #else
-    mint(x, 0)
+    skip                  /* the step mints the generation: mint_at */
 #endif
-    ;
-    printf("    %d.%d is in g%d\n", x, inc[x], gen[x])
 }
+
+/* R5: a SEALED refusal makes an unsealed process mint a generation above its own (in the gap k above it) and
+   drop every link */
+#define REFUSED_STEP(p, q, k, fits) \
+    :: d_step { alive[p] && !paused[p] && refd[IX(p, q)] && (fits) -> \
+        assert(!sealed[p]); /* S5, and a sealed process is never refused with SEALED */ \
+        printf("%d.%d reads SEALED: mints a generation above gen %d, drops its links\n", p, inc[p], gen[p]); \
+        drop_all(p, KEEPV); reset_members(p); mint_at(p, gen[p], k); \
+        printf("    %d.%d is in gen %d\n", p, inc[p], gen[p]); done() }
 
 /* one end of p's link to q: dial and handshake while down, detect a dead link, read VIEW and REFUSE frames */
 #define LINK_STEPS(p, q) \
@@ -399,12 +504,8 @@ inline birth(x) {
         vch[CH(q, p)]?LV(p, q, 0), LV(p, q, 1), LV(p, q, 2); lvalid[IX(p, q)] = 1; \
         printf("%d.%d gets VIEW [%d %d %d] from %d.%d\n", p, inc[p], LV(p, q, 0), LV(p, q, 1), LV(p, q, 2), q, linc[IX(p, q)]); \
         reeval(p); done() } \
-    :: atomic { alive[p] && !paused[p] && refd[IX(p, q)] -> \
-        assert(!sealed[p]); /* S5, and a sealed process is never refused with SEALED */ \
-        printf("%d.%d reads SEALED: mints a generation above g%d, drops its links\n", p, inc[p], gen[p]); \
-        drop_all(p, KEEPV); reset_members(p); mint(p, gen[p]); printf("    %d.%d is in g%d\n", p, inc[p], gen[p]); \
-        done() }
-/* (the last step is R5: a SEALED refusal makes an unsealed process mint above its generation, dropping every link) */
+    REFUSED_STEP(p, q, 0, true) \
+    REFUSED_STEP(p, q, 1, gen[p] + 1 <= MAXG(p))
 
 /* the steps of the process in slot p (weak fairness is per proctype instance: a process that can step
    eventually does); declared first, so the three instances are _pid 0, 1, 2 */
@@ -417,15 +518,23 @@ end_node:
 }
 
 #ifdef FIXED
-#define BIRTH_STEP d_step
+#define BIRTH_STEP(x) \
+    :: d_step { !alive[x] -> birth(x); printf("    %d.%d is in gen %d\n", x, inc[x], gen[x]); done() }
 #else
-#define BIRTH_STEP atomic   /* minting is a nondeterministic choice: not a d_step */
+/* a birth mints a generation anywhere among the others' (gap k: above k of their ranks) */
+#define BIRTH_AT(x, k, fits) \
+    :: d_step { !alive[x] && (fits) -> birth(x); mint_at(x, 0, k); \
+        printf("    %d.%d is in gen %d\n", x, inc[x], gen[x]); done() }
+#define BIRTH_STEP(x) \
+    BIRTH_AT(x, 0, true) \
+    BIRTH_AT(x, 1, 1 <= MAXG(x)) \
+    BIRTH_AT(x, 2, 2 <= MAXG(x))
 #endif
 
 /* all three slots start empty: the orchestrator starts them in any order, interleaved with everything else;
    it restarts a slot whose process exited, and eventually resumes a paused one */
 #define ORCH_STEPS(x) \
-    :: BIRTH_STEP { !alive[x] -> birth(x); done() } \
+    BIRTH_STEP(x) \
     :: d_step { paused[x] -> paused[x] = 0; printf("SIGCONT %d.%d\n", x, inc[x]); done() }
 
 active proctype Orchestrator() {
