@@ -61,6 +61,24 @@ class Slot:
     status: dict[str, Any] | None = None
 
 
+@define
+class EpochController:
+    """The controller's epoch policy (design rule R6), shared by ``meshd cluster`` and scripts/chaos.
+
+    A daemon that exits 75 only learned that it was stale: it is restarted with the current epoch. A daemon that
+    dies any other way gets a new epoch above every epoch given before, so its replacement fences the survivors.
+    """
+
+    current: int = 1
+
+    def exited(self, started_with: int, code: int) -> bool:
+        """Account for an exit of a daemon started with epoch ``started_with``; True when it was a death."""
+        if code == EXIT_FENCED:
+            return False
+        self.current = max(self.current, started_with) + 1
+        return True
+
+
 def write_config(spec: ClusterSpec, directory: Path) -> Path:
     peers = ", ".join(f'"{spec.host}:{spec.base_port + index}"' for index in range(spec.size))
     path = directory / "cluster.toml"
@@ -73,7 +91,7 @@ class Cluster:
         self.spec = spec
         self.workdir = workdir
         self.config = write_config(spec, workdir)
-        self.epoch = 1
+        self.epochs = EpochController()
         self.slots = [Slot(index, Address(spec.host, spec.admin_base_port + index)) for index in range(spec.size)]
         self.stopping = False
         self.rng = random.Random(spec.seed)
@@ -98,7 +116,7 @@ class Cluster:
         log = (self.workdir / f"meshd-{slot.index}.log").open("ab")
         with log:
             while not self.stopping:
-                slot.epoch = self.epoch
+                slot.epoch = self.epochs.current
                 slot.starts += 1
                 slot.process = await trio.lowlevel.open_process(
                     self.command(slot), stdin=subprocess.DEVNULL, stdout=log, stderr=log
@@ -110,12 +128,11 @@ class Cluster:
                 if self.spec.auto:
                     self.fault_at = self.fault_at or (None if code == EXIT_FENCED else trio.current_time())
                     self.say(f"daemon {slot.index} exited with {code}: restarting it")
-                elif code == EXIT_FENCED:
-                    self.say(f"daemon {slot.index} fenced (exit 75): restarting at epoch {self.epoch}")
+                elif not self.epochs.exited(slot.epoch, code):
+                    self.say(f"daemon {slot.index} fenced (exit 75): restarting at epoch {self.epochs.current}")
                 else:
-                    self.epoch = max(self.epoch, slot.epoch) + 1
                     self.fault_at = self.fault_at or trio.current_time()
-                    self.say(f"daemon {slot.index} died (exit {code}): new epoch {self.epoch}, restarting it")
+                    self.say(f"daemon {slot.index} died (exit {code}): new epoch {self.epochs.current}, restarting it")
                 await trio.sleep(RESTART_DELAY)
 
     async def chaos(self, period: float) -> None:
@@ -139,7 +156,7 @@ class Cluster:
         if any(s is None or s["state"] != "ready" for s in states):
             return False
         epochs = {s["epoch"] for s in states if s is not None}
-        return len(epochs) == 1 and (self.spec.auto or self.epoch in epochs)
+        return len(epochs) == 1 and (self.spec.auto or self.epochs.current in epochs)
 
     async def monitor(self) -> None:
         last_table = ""
@@ -151,7 +168,7 @@ class Cluster:
                 took = trio.current_time() - self.fault_at
                 self.recoveries.append(took)
                 self.fault_at = None
-                epoch = self.slots[0].status["epoch"] if self.slots[0].status else self.epoch
+                epoch = self.slots[0].status["epoch"] if self.slots[0].status else self.epochs.current
                 self.say(f"recovered: all {self.spec.size} ready at epoch {epoch}, {took:.2f}s after the fault")
             table = self.table()
             if table != last_table:
@@ -160,7 +177,7 @@ class Cluster:
             await trio.sleep(REFRESH_INTERVAL)
 
     def table(self) -> str:
-        head = "cluster minting its own generations" if self.spec.auto else f"cluster epoch {self.epoch}"
+        head = "cluster minting its own generations" if self.spec.auto else f"cluster epoch {self.epochs.current}"
         lines = [head, "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
         for slot in self.slots:
             status = slot.status

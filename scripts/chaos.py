@@ -1,0 +1,228 @@
+"""Real-process chaos for meshd: seeded trials of kills, pauses, stale-epoch restarts, duplicate starts and
+partitions, in both epoch modes, on loopback and across network namespaces; recovery timed, safety checked.
+
+Run through ``scripts/chaos`` (it sets up the venv). For each network (loopback; netns when root with ``ip`` and
+``nft``) and epoch mode (fixed epochs from a controller, ``--epoch auto``), ``--trials`` trials run one after the
+other, each a fresh cluster of ``--size`` daemons: formation, ``--faults`` faults from the trial's seed, then a
+quiet period in which every process must be ready in one epoch within the design's bound B (docs/design.md §5).
+Prints one line per trial and a summary table; writes ``chaos.json`` (settings, summary, every trial with its
+schedule, exits, processes and violations) and ``chaos.png`` (recovery-time CDF and histogram) to ``--out``.
+Exits 0 when every trial converged with no violation, 1 otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshd.orchestrator import RESTART_DELAY
+from scripts.chaos_faults import plan
+from scripts.chaos_netns import LOOPBACK, Hosts, Namespaces, NetError, clean_stale, netns_unavailable
+from scripts.chaos_report import plot, summarize, table, write_json
+from scripts.chaos_trial import Trial, TrialSpec, design_bound
+
+MODES = ("fixed", "auto")
+NETS = ("loopback", "netns")
+# Short timeouts, as the real-process tests use, so that a trial takes seconds; B follows from them.
+TIMEOUTS: dict[str, float] = {
+    "connect": 0.5,
+    "handshake": 0.5,
+    "heartbeat_interval": 0.1,
+    "heartbeat_timeout": 0.5,
+    "backoff_initial": 0.05,
+    "backoff_max": 0.5,
+    "bind": 2.0,
+}
+# S in B: `meshd run` to listening, upper bound on this loaded 2-core machine (the README measures 0.2-0.45 s).
+START_TIME = 1.0
+# δ in B: message delay between live processes after the last fault (loopback or a bridge: far below this).
+DELTA = 0.1
+# Loopback mesh and admin ports come from below the kernel's ephemeral range (32768 and up), so that no outgoing
+# connection can hold a port a restarted daemon must bind.
+PORT_RANGE = (20000, 32000)
+
+
+def say(text: str) -> None:
+    print(f"[chaos] {text}", flush=True)
+
+
+def loopback_ports(rng: random.Random, count: int, taken: set[int]) -> list[int]:
+    """``count`` loopback ports free now (checked with a test bind) and never handed out before in this run."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if len(taken) >= PORT_RANGE[1] - PORT_RANGE[0]:
+            raise NetError(f"ran out of loopback ports in {PORT_RANGE}")
+        port = rng.randrange(*PORT_RANGE)
+        if port in taken:
+            continue
+        taken.add(port)
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10, help="trials per epoch mode and network (default 10)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first trial; trial k uses SEED+k (default 1)")
+    parser.add_argument("--size", type=int, default=4, help="daemons per cluster (default 4)")
+    parser.add_argument("--faults", type=int, default=4, help="faults per trial (default 4)")
+    parser.add_argument("--modes", default=",".join(MODES), help="epoch modes, comma-separated (default fixed,auto)")
+    parser.add_argument(
+        "--net", default=None, help="networks, comma-separated: loopback,netns (default: both where netns works)"
+    )
+    parser.add_argument("--settle", type=float, default=1.0, help="how long a recovered mesh must hold (default 1 s)")
+    parser.add_argument("--start-time", type=float, default=START_TIME, help=f"S in B (default {START_TIME} s)")
+    parser.add_argument("--out", type=Path, default=Path("chaos-out"), help="output directory (default chaos-out/)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs of passing trials too")
+    args = parser.parse_args(argv)
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not args.modes or any(mode not in MODES for mode in args.modes):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
+    if args.net is None:
+        args.net = ["loopback"] + (["netns"] if netns_unavailable() is None else [])
+    else:
+        args.net = [net.strip() for net in args.net.split(",") if net.strip()]
+        if not args.net or any(net not in NETS for net in args.net):
+            parser.error(f"--net: choose from {', '.join(NETS)}")
+        if "netns" in args.net and (reason := netns_unavailable()):
+            parser.error(f"--net netns: {reason}")
+    if args.trials < 1 or args.size < 2 or args.faults < 1:
+        parser.error("--trials and --faults must be at least 1, --size at least 2")
+    return args
+
+
+def describe(record: dict[str, Any]) -> str:
+    faults = "; ".join(
+        f"+{fault['at']:.2f} {fault['kind']} {fault['slots']}"
+        + (f" {fault['duration']:.1f}s" if fault["duration"] else "")
+        + (f" e{fault['stale_epoch']}" if fault["stale_epoch"] is not None else "")
+        + (f" ({fault['note']})" if fault["note"] and fault["kind"] != "pause" else "")
+        for fault in record["faults"]
+    )
+    outcome = f"ready {record['recovery']:.2f}s after the last fault" if record["converged"] else "DID NOT CONVERGE"
+    exits = {slot: codes for slot, codes in record["exits"].items() if codes}
+    text = f"{record['mode']}/{record['net']} seed {record['seed']}: {faults} -> {outcome}; exits {exits}"
+    for violation in record["violations"]:
+        text += f"\n    VIOLATION {violation['kind']}: {violation['detail']}"
+    return text
+
+
+async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """Run every trial, appending each record to ``trials`` as it completes."""
+    logs = args.out / "logs"
+    ports_rng, ports_taken = random.Random(args.seed), set[int]()
+    for net in args.net:
+        namespaces = Namespaces(args.size) if net == "netns" else None
+        try:
+            for mode in args.modes:
+                for number in range(args.trials):
+                    seed = args.seed + number
+                    if namespaces is None:
+                        hosts = Hosts(*(loopback_ports(ports_rng, args.size, ports_taken) for _ in range(2)))
+                    else:
+                        hosts = namespaces
+                    spec = TrialSpec(
+                        index=len(trials),
+                        seed=seed,
+                        mode=mode,
+                        size=args.size,
+                        timeouts=TIMEOUTS,
+                        faults=plan(seed, args.size, mode, hosts.partitions, args.faults),
+                        bound=settings["bound"],
+                        settle=args.settle,
+                    )
+                    workdir = logs / f"{net}-{mode}-seed{seed}"
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    workdir.mkdir(parents=True)
+                    trial = Trial(spec, hosts, workdir)
+                    record = await trial.run()
+                    trials.append(record)
+                    say(describe(record))
+                    if not record["converged"] or record["violations"]:
+                        say(f"daemon logs of the failed trial (all in {workdir}):\n{trial.logs()}")
+                    elif not args.keep_logs:
+                        shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            if namespaces is not None:
+                namespaces.close()
+
+
+async def run(args: argparse.Namespace, settings: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """The campaign, ended early (and cleaned up) by SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    say(f"{signal.Signals(signum).name}: stopping after cleaning up")
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            await campaign(args, settings, trials)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if "netns" in args.net:
+        removed = clean_stale()
+        if removed:
+            say(f"removed namespaces and links of dead runs: {', '.join(removed)}")
+    bound = design_bound(TIMEOUTS, args.size, RESTART_DELAY, args.start_time, DELTA)
+    settings = {
+        "size": args.size,
+        "faults_per_trial": args.faults,
+        "trials_per_mode_and_net": args.trials,
+        "first_seed": args.seed,
+        "modes": args.modes,
+        "nets": args.net,
+        "timeouts": TIMEOUTS,
+        "restart_delay": RESTART_DELAY,
+        "start_time": args.start_time,
+        "delta": DELTA,
+        "bound": bound,
+        "settle": args.settle,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+    }
+    say(
+        f"{args.trials} trials per mode and network: modes {args.modes}, networks {args.net}, {args.size} daemons, "
+        f"{args.faults} faults per trial, first seed {args.seed}; B = {bound:.2f}s"
+    )
+    trials: list[dict[str, Any]] = []
+    try:
+        trio.run(run, args, settings, trials)
+    finally:
+        rows = summarize(trials) if trials else []
+        write_json(args.out / "chaos.json", settings, rows, trials)
+        if trials:
+            plot(args.out / "chaos.png", trials)
+            print(table(rows), flush=True)
+        say(f"wrote {args.out / 'chaos.json'}" + (f" and {args.out / 'chaos.png'}" if trials else ""))
+    expected = len(args.net) * len(args.modes) * args.trials
+    failed = [trial for trial in trials if not trial["converged"] or trial["violations"]]
+    same = f"--size {args.size} --faults {args.faults}"
+    for trial in failed:
+        replay = f"scripts/chaos --seed {trial['seed']} --trials 1 --modes {trial['mode']} --net {trial['net']}"
+        say(f"failed: {trial['mode']}/{trial['net']} seed {trial['seed']} (replay: {replay} {same})")
+    return 0 if len(trials) == expected and not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

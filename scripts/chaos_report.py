@@ -1,0 +1,127 @@
+"""What a chaos campaign prints and writes: a summary table per (epoch mode, network), the JSON, the recovery plot."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+# Percentiles are nearest-rank: with few trials p99 is the maximum, never an interpolation below it.
+PERCENTILES = (50, 99)
+# Exit codes named in the table; anything else is listed by number.
+CODE_NAMES = {-9: "kill-9", 0: "0", 1: "1", 75: "75"}
+
+
+def percentile(values: list[float], rank: int) -> float:
+    ordered = sorted(values)
+    position = max(0, -(-rank * len(ordered) // 100) - 1)
+    return ordered[position]
+
+
+def groups(trials: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for trial in trials:
+        grouped.setdefault((trial["mode"], trial["net"]), []).append(trial)
+    return grouped
+
+
+def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (mode, network): counts, recovery percentiles, exits, the worst surviving slot's exits."""
+    rows = []
+    for (mode, net), members in groups(trials).items():
+        recoveries = [trial["recovery"] for trial in members if trial["converged"]]
+        codes: Counter[int] = Counter()
+        worst_ratio = 0.0
+        for trial in members:
+            hit = {slot for fault in trial["faults"] if fault["kind"] in ("kill", "stale") for slot in fault["slots"]}
+            for slot, exits in trial["exits"].items():
+                codes.update(exits)
+                if int(slot) not in hit and trial["deaths"]:
+                    worst_ratio = max(worst_ratio, exits.count(75) / trial["deaths"])
+        row: dict[str, Any] = {
+            "mode": mode,
+            "net": net,
+            "trials": len(members),
+            "converged": sum(trial["converged"] for trial in members),
+            "faults": dict(Counter(fault["kind"] for trial in members for fault in trial["faults"])),
+            "exits": {CODE_NAMES.get(code, str(code)): count for code, count in sorted(codes.items())},
+            "survivor_75_per_death_max": round(worst_ratio, 2),
+            "violations": sum(len(trial["violations"]) for trial in members),
+            "bound": max(trial["bound"] for trial in members),
+        }
+        for rank in PERCENTILES:
+            row[f"p{rank}"] = percentile(recoveries, rank) if recoveries else None
+        row["max"] = max(recoveries) if recoveries else None
+        rows.append(row)
+    return rows
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The summary as a markdown table (README-ready)."""
+    head = [
+        "mode", "net", "trials", "converged", "p50", "p99", "max", "bound B", "violations",
+        "exits (codexcount)", "survivor 75s/death", "faults",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [
+            row["mode"],
+            row["net"],
+            str(row["trials"]),
+            f"{row['converged']}/{row['trials']}",
+            _seconds(row["p50"]),
+            _seconds(row["p99"]),
+            _seconds(row["max"]),
+            _seconds(row["bound"]),
+            str(row["violations"]),
+            ", ".join(f"{code}x{count}" for code, count in row["exits"].items()) or "-",
+            f"≤ {row['survivor_75_per_death_max']}",
+            ", ".join(f"{kind}x{count}" for kind, count in sorted(row["faults"].items())),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"settings": settings, "summary": rows, "trials": trials}, indent=1), encoding="utf-8")
+
+
+def plot(path: Path, trials: list[dict[str, Any]]) -> None:
+    """CDF of recovery time per (mode, network), with B in the legend; non-converged trials are counted as such."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cdf, histogram) = plt.subplots(1, 2, figsize=(12, 4.8))
+    grouped = groups(trials)
+    for (mode, net), members in grouped.items():
+        recoveries = sorted(trial["recovery"] for trial in members if trial["converged"])
+        label = f"{mode} epochs, {net}: {len(recoveries)}/{len(members)} converged, B = {members[0]['bound']:.1f}s"
+        if recoveries:
+            fractions = [(position + 1) / len(members) for position in range(len(recoveries))]
+            cdf.step([0.0, *recoveries], [0.0, *fractions], where="post", label=label)
+            histogram.hist(recoveries, bins=min(30, max(5, len(recoveries) // 2)), alpha=0.5, label=f"{mode}, {net}")
+        else:
+            cdf.plot([], [], label=label)
+    cdf.set_xlabel("time from the last fault to every process ready in one epoch (s)")
+    cdf.set_ylabel("fraction of trials recovered")
+    cdf.set_ylim(0, 1.02)
+    cdf.set_xlim(left=0)
+    cdf.grid(alpha=0.3)
+    cdf.legend(fontsize=8, loc="lower right")
+    cdf.set_title("meshd chaos: recovery time (CDF)")
+    histogram.set_xlabel("recovery time (s)")
+    histogram.set_ylabel("trials")
+    histogram.grid(alpha=0.3)
+    histogram.legend(fontsize=8)
+    histogram.set_title(f"histogram, {len(trials)} trials")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
