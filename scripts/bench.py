@@ -1,19 +1,21 @@
-"""Benchmark meshd as real processes on loopback: start-up, mesh formation, idle cost.
+"""Benchmark meshd as real processes on loopback, beside PyTorch's gloo: start-up, formation vs N, idle cost,
+recovery after kill -9, detection of a silent peer.
 
-Run through ``scripts/bench`` (it sets up the venv). Three measurements, each printed as a markdown-style table
-with its target beside it:
+Run through ``scripts/bench`` (it sets up the venv; ``--only`` picks parts). Every figure is printed as a
+markdown-style table with its target and the load average beside it:
 
-1. start to listening: from spawning ``python -m meshd run ...`` (interpreter and imports included) until the mesh
-   port accepts a TCP connection, polled tightly on loopback; also until the admin port accepts and until it
-   answers a ``status`` request;
+1. start: from spawning ``python -m meshd run ...`` (interpreter and imports included) until the mesh port accepts
+   a TCP connection, polled tightly on loopback; also until the admin port accepts and answers ``status``;
 2. formation: N daemons on fresh loopback ports, time from the moment the last mesh port accepts until every daemon
    is ``ready`` (the wall-clock "time" of each daemon's ``ready`` event, read through an admin watch opened as soon
-   as that daemon's admin port answers);
-3. idle cost: CPU time (``/proc/PID/stat`` utime+stime) and RSS (``/proc/PID/status`` VmRSS) of the daemons of a
-   ready mesh over a quiet period.
+   as that daemon's admin port answers), and the daemons' CPU time per link meanwhile; beside it gloo's formation
+   (bench_gloo.py);
+3. idle: CPU time (``/proc/PID/stat``) and RSS of the daemons of a ready mesh over a quiet period;
+4. recovery after kill -9 of one or all daemons with an immediate restart, both epoch modes (bench_faults.py);
+5. detection of a SIGSTOPped daemon against the heartbeat timeout (bench_faults.py);
+6. gloo under the same faults (bench_gloo.py).
 
-Every wait is bounded; a mesh that does not become ready in time fails the run with the daemons' logs. All
-daemons are killed between repetitions and on exit.
+Every wait is bounded; a failed run prints the daemons' logs. Every process is killed between runs and on exit.
 """
 
 from __future__ import annotations
@@ -24,124 +26,66 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import bench_faults
+import bench_gloo
 import trio
+from benchlib import (
+    CLOCK_TICKS,
+    HOST,
+    LOG_TAIL,
+    POLL_INTERVAL,
+    STATUS_TIMEOUT,
+    BenchError,
+    PortAllocator,
+    accepts,
+    cleanup,
+    cpu_ticks,
+    kill,
+    kill_all,
+    load,
+    meshd_command,
+    ms,
+    progress,
+    rss_mib,
+    spawn,
+    table,
+    verdict,
+    write_config,
+)
 
 from meshd import admin
 from meshd.config import Address
 
-HOST = "127.0.0.1"
-# Fresh ports come from below the kernel's ephemeral range, so that no outgoing connection can hold one.
-PORT_RANGE = (20000, 32000)
-# Sleep between two connect attempts on a port that does not accept yet.
-POLL_INTERVAL = 0.0005
 # Bounds on every wait.
 START_TIMEOUT = 30.0  # one daemon: spawn -> admin status answered
 READY_TIMEOUT = 60.0  # a mesh: spawn -> every daemon ready
-STATUS_TIMEOUT = 5.0  # one admin request on a running daemon
 # A ready mesh is left alone this long before the idle measurement starts (start-up transients settle).
 IDLE_SETTLE = 1.0
 # Targets, printed beside the measurements.
 TARGET_START = 0.300  # seconds, spawn -> mesh port accepting
-TARGET_FORMATION = 0.100  # seconds, last listening -> all ready, for TARGET_FORMATION_SIZE daemons
-TARGET_FORMATION_SIZE = 16
+TARGET_FORMATION = 0.500  # seconds, last listening -> all ready, for TARGET_FORMATION_SIZE daemons
+TARGET_FORMATION_SIZE = 64
 TARGET_IDLE_CPU = 1.0  # percent of one core
 TARGET_RSS = 50.0  # MiB
-LOG_TAIL = 25  # lines of each daemon's log shown when a run fails
 LOG_DAEMONS = 6  # daemons whose log tails are shown when a run fails
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """A failed run; ``logs`` holds the daemon logs worth showing."""
-
-    def __init__(self, message: str, logs: str = "") -> None:
-        super().__init__(message)
-        self.logs = logs
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ports and processes
-
-
-class PortAllocator:
-    """Loopback ports never handed out twice in one bench run, each checked free with a test bind."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self._next = rng.randrange(*PORT_RANGE)
-        self._used: set[int] = set()
-
-    @staticmethod
-    def _free(port: int) -> bool:
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                return False
-        return True
-
-    def take(self, count: int) -> list[int]:
-        ports: list[int] = []
-        for _ in range(PORT_RANGE[1] - PORT_RANGE[0]):
-            if len(ports) == count:
-                return ports
-            port = self._next
-            self._next = self._next + 1 if self._next + 1 < PORT_RANGE[1] else PORT_RANGE[0]
-            if port not in self._used and self._free(port):
-                self._used.add(port)
-                ports.append(port)
-        if len(ports) == count:
-            return ports
-        raise BenchError(f"ran out of free loopback ports in {PORT_RANGE[0]}..{PORT_RANGE[1]}")
-
-
-# Every daemon process this bench started and has not reaped yet; killed on any exit path.
-LIVE: set[subprocess.Popen[bytes]] = set()
-
-
-def kill(processes: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL the processes and reap them."""
-    processes = list(processes)
-    for process in processes:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        LIVE.discard(process)
-
-
-def kill_all() -> None:
-    kill(list(LIVE))
-
-
-# The temporary directory of this bench run, removed when the run is interrupted by a signal.
-WORKDIR: list[Path] = []
-
-
-def _die_on_signal(signum: int, _: Any) -> None:
-    kill_all()
-    for directory in WORKDIR:
-        shutil.rmtree(directory, ignore_errors=True)
-    os._exit(128 + signum)
+# Timeouts of the formation meshes. meshd's defaults (1 s handshake and heartbeat timeout) suit a real network, but
+# 64 Python daemons on 2 cores get too little CPU each to answer a handshake or a heartbeat within 1 s: measured
+# here at load 40, a 64-daemon mesh with the defaults timed links out as fast as it made them and was not ready
+# after 60 s. These let every size form; the heartbeat interval also cuts the background load by 4.
+FORMATION_TIMEOUTS = {"connect": 5.0, "handshake": 5.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 5.0}
+# Every part, in the order they run; --only picks some.
+PARTS = ("start", "formation", "idle", "recovery", "detection", "gloo")
 
 
 @dataclass
@@ -157,12 +101,10 @@ class Daemon:
     ever_ready: bool = False
     listening_seen: trio.Event = field(default_factory=trio.Event)
 
+    cpu_listening: int = 0  # CPU ticks used when the mesh port first accepted
+
     def spawn(self, config: Path) -> None:
-        command = [sys.executable, "-m", "meshd", "run", "--config", str(config), "--index", str(self.index)]
-        command += ["--epoch", "1", "--admin", str(self.admin)]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        LIVE.add(self.process)
+        self.process = spawn(meshd_command(config, self.index, 1, self.admin), self.log)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -190,23 +132,6 @@ class Daemon:
         tail = "\n".join(f"    {line}" for line in self.log_lines()[-LOG_TAIL:]) or "    (empty log)"
         head = f"--- daemon {self.index} (mesh {self.mesh}, admin {self.admin}): {state}, {listening}, {ready}{flaps}"
         return f"{head}\n{tail}"
-
-
-def write_config(path: Path, mesh_ports: list[int]) -> Path:
-    peers = ", ".join(f'"{HOST}:{port}"' for port in mesh_ports)
-    path.write_text(f'[cluster]\nname = "bench"\npeers = [{peers}]\n', encoding="utf-8")
-    return path
-
-
-def accepts(address: Address) -> bool:
-    """Whether a TCP connection to ``address`` is accepted right now (closed at once)."""
-    with socket.socket() as probe:
-        probe.settimeout(0.25)
-        try:
-            probe.connect((address.host, address.port))
-        except OSError:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,15 +209,23 @@ class Formation:
     formation_logged: float | None  # last "listening on" log line -> every daemon ready (ms resolution)
     all_ready: float  # spawn of the first daemon -> every daemon ready
     flaps: int  # ready -> degraded transitions seen, all daemons together
+    cpu: float  # seconds of CPU (utime+stime) of all daemons from each one's listening until all were ready
+    load: str
+
+    @property
+    def cpu_per_link(self) -> float:
+        return self.cpu / (self.size * (self.size - 1) / 2)
 
 
 class Mesh:
     """N daemons on fresh loopback ports, sharing one config file."""
 
-    def __init__(self, size: int, workdir: Path, ports: PortAllocator, tag: str) -> None:
+    def __init__(
+        self, size: int, workdir: Path, ports: PortAllocator, tag: str, timeouts: dict[str, float] | None = None
+    ) -> None:
         mesh_ports = ports.take(size)
         admin_ports = ports.take(size)
-        self.config = write_config(workdir / f"{tag}.toml", mesh_ports)
+        self.config = write_config(workdir / f"{tag}.toml", mesh_ports, timeouts)
         self.daemons = [
             Daemon(
                 index,
@@ -305,6 +238,8 @@ class Mesh:
         self.spawned = 0.0
         self.failure: str | None = None
         self.all_ready = trio.Event()
+        self.cpu_ready = 0  # CPU ticks of all daemons, read as soon as every one was seen ready
+        self.load = load()
 
     def spawn(self) -> None:
         self.spawned = time.time()
@@ -335,6 +270,7 @@ class Mesh:
             for daemon in pending:
                 if accepts(daemon.mesh):
                     daemon.listening = time.time()
+                    daemon.cpu_listening = cpu_ticks(daemon.process.pid) if daemon.process else 0
                     daemon.listening_seen.set()
                 else:
                     waiting.append(daemon)
@@ -394,6 +330,7 @@ class Mesh:
                 for daemon in self.daemons:
                     nursery.start_soon(self._follow, daemon, nursery)
                 await self.all_ready.wait()
+                self.cpu_ready = sum(cpu_ticks(daemon.process.pid) for daemon in self.daemons if daemon.process)
                 nursery.cancel_scope.cancel()
         if bound.cancelled_caught:
             listening = sum(daemon.listening is not None for daemon in self.daemons)
@@ -420,13 +357,15 @@ class Mesh:
             formation_logged=formation_logged,
             all_ready=all_ready - self.spawned,
             flaps=sum(daemon.flaps for daemon in self.daemons),
+            cpu=(self.cpu_ready - sum(daemon.cpu_listening for daemon in self.daemons)) / CLOCK_TICKS,
+            load=f"{self.load} -> {load()}",
         )
 
 
 def bench_formation(workdir: Path, ports: PortAllocator, size: int, repeats: int) -> list[Formation]:
     results = []
     for repeat in range(repeats):
-        mesh = Mesh(size, workdir, ports, f"form-{size}-{repeat}")
+        mesh = Mesh(size, workdir, ports, f"form-{size}-{repeat}", FORMATION_TIMEOUTS)
         try:
             trio.run(mesh.form)
             result = mesh.result()
@@ -435,7 +374,8 @@ def bench_formation(workdir: Path, ports: PortAllocator, size: int, repeats: int
         logged = "-" if result.formation_logged is None else ms(result.formation_logged)
         progress(
             f"formation N={size} {repeat + 1}/{repeats}: last listening {ms(result.last_listening)} after spawn, "
-            f"all ready {ms(result.formation)} later (log-based {logged}), {result.flaps} ready->degraded flaps"
+            f"all ready {ms(result.formation)} later (log-based {logged}), {result.flaps} ready->degraded flaps, "
+            f"CPU {result.cpu:.2f} s ({ms(result.cpu_per_link)} per link), load {result.load}"
         )
         results.append(result)
     return results
@@ -452,20 +392,6 @@ class Idle:
     cpu: list[float]  # percent of one core, per daemon
     rss: list[float]  # MiB, per daemon
     ready_after: int  # daemons still ready at the end
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on; the command may contain spaces
-    return int(fields[11]) + int(fields[12])  # fields 14 (utime) and 15 (stime)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise BenchError(f"no VmRSS for process {pid}")
 
 
 def bench_idle(workdir: Path, ports: PortAllocator, size: int, seconds: float) -> Idle:
@@ -498,25 +424,6 @@ def bench_idle(workdir: Path, ports: PortAllocator, size: int, seconds: float) -
 # Report
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def verdict(value: float, target: float, *, inclusive: bool = True) -> str:
-    met = value <= target if inclusive else value < target
-    return "ok" if met else f"MISS (x{value / target:.1f})"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
-
-
 def report_start(runs: list[StartRun]) -> str:
     rows = []
     for label, values, target in (
@@ -532,48 +439,66 @@ def report_start(runs: list[StartRun]) -> str:
     return title + "\n\n" + table(["measure", "median", "min", "max", "target", "verdict"], rows)
 
 
-def report_formation(results: dict[int, list[Formation]]) -> str:
+def report_formation(
+    results: dict[int, list[Formation]], gloo: dict[int, list[bench_gloo.GlooFormation]], start: float | None
+) -> str:
+    """meshd's formation and gloo's side by side, one row per N (medians)."""
     rows = []
-    for size, runs in results.items():
-        formation = statistics.median(run.formation for run in runs)
-        logged_values = [run.formation_logged for run in runs if run.formation_logged is not None]
-        logged = ms(statistics.median(logged_values)) if logged_values else "-"
-        target = f"<= {ms(TARGET_FORMATION)}" if size == TARGET_FORMATION_SIZE else "-"
-        mark = verdict(formation, TARGET_FORMATION) if size == TARGET_FORMATION_SIZE else "-"
-        rows.append(
-            [
-                str(size),
+    for size in sorted(set(results) | set(gloo)):
+        runs = results.get(size, [])
+        if runs:
+            formation = statistics.median(run.formation for run in runs)
+            logged_values = [run.formation_logged for run in runs if run.formation_logged is not None]
+            targeted = size == TARGET_FORMATION_SIZE
+            meshd = [
                 str(len(runs)),
                 ms(statistics.median(run.last_listening for run in runs)),
                 ms(formation),
-                ms(min(run.formation for run in runs)),
                 ms(max(run.formation for run in runs)),
-                logged,
-                ms(statistics.median(run.all_ready for run in runs)),
+                ms(statistics.median(logged_values)) if logged_values else "-",
+                f"{statistics.median(run.cpu for run in runs):.2f} s",
+                ms(statistics.median(run.cpu_per_link for run in runs)),
                 f"{statistics.median(run.flaps for run in runs):g} ({max(run.flaps for run in runs)})",
-                target,
-                mark,
+                f"<= {ms(TARGET_FORMATION)}" if targeted else "-",
+                verdict(formation, TARGET_FORMATION) if targeted else "-",
             ]
-        )
+        else:
+            meshd = ["-"] * 10
+        peer = {row[0]: row for row in bench_gloo.report_formation(gloo)}.get(str(size))
+        gloo_cells = ["-"] * 4 if peer is None else [peer[1], peer[2], peer[4], peer[5]]
+        loads = [runs[-1].load] if runs else []
+        loads += [] if peer is None else [f"gloo {peer[6]}"]
+        rows.append([str(size), *meshd, *gloo_cells, "; ".join(loads)])
     header = [
         "N",
         "runs",
         "spawn -> last listening",
         "last listening -> all ready",
-        "min",
         "max",
         "same, from log line",
-        "spawn -> all ready",
+        "CPU, all daemons",
+        "CPU per link",
         "flaps (max)",
         "target",
         "verdict",
+        "gloo runs",
+        "gloo start per rank",
+        "gloo last started -> all passed barrier",
+        "max",
+        "load",
     ]
-    title = "## 2. Formation (medians; 'last listening' = the last mesh port to accept a polled connect)"
+    timeouts = ", ".join(f"{key} {value:g} s" for key, value in FORMATION_TIMEOUTS.items())
+    start_text = "-" if start is None else ms(start)
+    title = "## 2. Formation vs N, meshd and gloo (medians)"
     note = (
-        "'all ready' is the first moment every daemon is ready at once (each daemon's ready time is the wall-clock "
-        "time of its ready event). 'same, from log line' measures from the last daemon's own \"listening on\" log "
-        "timestamp (ms resolution) instead of the poll. 'flaps' counts ready -> degraded transitions during "
-        "formation, all daemons together."
+        f"meshd: 'last listening' is the last mesh port to accept a polled connect; a daemon's own start (spawn -> "
+        f"listening, part 1) is {start_text}. 'all ready' is the first moment every daemon is ready at once (the "
+        "`time` of each one's ready event); 'same, from log line' measures from the last daemon's own \"listening "
+        "on\" log timestamp. CPU: utime+stime of all daemons from each one's listening until all were ready (the "
+        "bench's watches included), per link = / (N(N-1)/2): it grows with N where the work per link does. "
+        f"Timeouts of these meshes: {timeouts} (see FORMATION_TIMEOUTS). 'flaps': ready -> degraded during "
+        "formation. gloo: 'start per rank' is spawn -> torch imported (median over ranks); formation is from the "
+        "last rank's import to every rank past init_process_group + barrier() (rank 0 hosts the TCP store)."
     )
     return title + "\n\n" + table(header, rows) + "\n\n" + note
 
@@ -657,81 +582,155 @@ def positive_float(text: str) -> float:
     return value
 
 
+def parts(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in PARTS]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(PARTS)}, got {text!r}")
+    return chosen
+
+
+# Defaults of the full run (about 20 minutes on this 2-core machine) and of --quick (about 3 minutes).
+FULL: dict[str, Any] = {
+    "sizes": [2, 4, 8, 16, 32, 64],
+    "repeats": 3,
+    "starts": 10,
+    "idle": 10.0,
+    "recovery_size": 8,
+    "kill_one": 100,
+    "kill_all": 10,
+    "detections": 5,
+    "gloo_sizes": [2, 4, 8, 16, 32],
+    "gloo_repeats": 1,
+    "gloo_kills": 3,
+}
+QUICK: dict[str, Any] = {
+    "sizes": [2, 4, 8],
+    "repeats": 2,
+    "starts": 3,
+    "idle": 3.0,
+    "recovery_size": 4,
+    "kill_one": 3,
+    "kill_all": 2,
+    "detections": 2,
+    "gloo_sizes": [2, 4],
+    "gloo_repeats": 1,
+    "gloo_kills": 1,
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=sizes, help="formation mesh sizes (default 2,4,8,16,32)")
-    parser.add_argument("--repeats", type=positive_int, help="formation repetitions per size (default 5)")
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"parts: {', '.join(PARTS)}. Defaults are the full run's; --quick: "
+        + ", ".join(f"{key}={value}" for key, value in QUICK.items()),
+    )
+    parser.add_argument("--only", type=parts, default=list(PARTS), help="comma-separated parts to run (default all)")
+    parser.add_argument("--quick", action="store_true", help="fast smoke run: small sizes, few repeats")
+    parser.add_argument("--sizes", type=sizes, help="meshd formation sizes (default 2,4,8,16,32,64)")
+    parser.add_argument("--repeats", type=positive_int, help="meshd formation repetitions per size (default 3)")
     parser.add_argument("--starts", type=positive_int, help="start-to-listening runs (default 10)")
     parser.add_argument("--idle", type=positive_float, metavar="SECONDS", help="idle measurement period (default 10)")
     parser.add_argument("--idle-size", type=positive_int, default=16, help="daemons in the idle mesh (default 16)")
-    parser.add_argument("--seed", type=int, help="seed of the port choice")
-    parser.add_argument(
-        "--quick", action="store_true", help="fast smoke run: sizes 2,4,8, repeats 2, 3 starts, idle 3 s"
-    )
+    parser.add_argument("--recovery-size", type=positive_int, help="daemons of the recovery and detection clusters (8)")
+    parser.add_argument("--kill-one", type=positive_int, help="kill -9 of one daemon, faults per epoch mode (100)")
+    parser.add_argument("--kill-all", type=positive_int, help="kill -9 of all daemons, faults per epoch mode (10)")
+    parser.add_argument("--detections", type=positive_int, help="SIGSTOP detection runs (default 5)")
+    parser.add_argument("--gloo-sizes", type=sizes, help="gloo formation sizes (default 2,4,8,16,32: ~250 MiB a rank)")
+    parser.add_argument("--gloo-repeats", type=positive_int, help="gloo formation repetitions per size (default 1)")
+    parser.add_argument("--gloo-kills", type=positive_int, help="gloo kill-one trials, each bounded at 30 s (3)")
+    parser.add_argument("--seed", type=int, help="seed of the port and victim choices")
     args = parser.parse_args(argv)
-    defaults: dict[str, Any] = (
-        {"sizes": [2, 4, 8], "repeats": 2, "starts": 3, "idle": 3.0}
-        if args.quick
-        else {"sizes": [2, 4, 8, 16, 32], "repeats": 5, "starts": 10, "idle": 10.0}
-    )
-    for key, value in defaults.items():
+    for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.idle_size < 2:
-        parser.error("--idle-size must be at least 2")
+    if args.idle_size < 2 or args.recovery_size < 2:
+        parser.error("--idle-size and --recovery-size must be at least 2")
     return args
 
 
-@contextlib.contextmanager
-def cleanup(workdir: Path) -> Iterator[None]:
-    """Kill every daemon on any way out, SIGTERM and SIGHUP included; an interrupted run removes ``workdir``."""
-    WORKDIR.append(workdir)
-    previous = {signum: signal.signal(signum, _die_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    except BaseException:  # Ctrl-C and the like (a failed measurement returns instead, keeping the logs)
-        kill_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    finally:
-        kill_all()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        WORKDIR.remove(workdir)
+@dataclass
+class Results:
+    """What a run measured so far, reported even when a later part fails."""
+
+    start: list[StartRun] = field(default_factory=list)
+    formation: dict[int, list[Formation]] = field(default_factory=dict)
+    gloo_formation: dict[int, list[bench_gloo.GlooFormation]] = field(default_factory=dict)
+    idle: Idle | None = None
+    recovery: list[bench_faults.RecoveryRuns] = field(default_factory=list)
+    detection: bench_faults.Detection | None = None
+    gloo_kills: list[bench_gloo.GlooKill] = field(default_factory=list)
+    gloo_detection: bench_gloo.GlooDetection | None = None
+
+    def sections(self, args: argparse.Namespace) -> list[str]:
+        found = []
+        if self.start:
+            found.append(report_start(self.start))
+        if self.formation or self.gloo_formation:
+            start = statistics.median(run.listening for run in self.start) if self.start else None
+            found.append(report_formation(self.formation, self.gloo_formation, start))
+        if self.idle is not None:
+            found.append(report_idle(self.idle))
+        if self.recovery:
+            found.append(bench_faults.report_recovery(self.recovery))
+        if self.detection is not None:
+            found.append(bench_faults.report_detection(self.detection))
+        if self.gloo_kills or self.gloo_detection is not None:
+            found.append(bench_gloo.report_gloo(self.gloo_kills, args.recovery_size, self.gloo_detection))
+        return found
+
+
+def measure(args: argparse.Namespace, results: Results, workdir: Path, ports: PortAllocator) -> None:
+    if "start" in args.only:
+        results.start = bench_start(workdir, ports, args.starts)
+    if "formation" in args.only:
+        for size in args.sizes:
+            results.formation[size] = bench_formation(workdir, ports, size, args.repeats)
+    if "gloo" in args.only:
+        bench_gloo.ensure_torch()
+        if "formation" in args.only:
+            for size in args.gloo_sizes:
+                results.gloo_formation[size] = bench_gloo.bench_formation(workdir, ports, size, args.gloo_repeats)
+    if "idle" in args.only:
+        results.idle = bench_idle(workdir, ports, args.idle_size, args.idle)
+    if "recovery" in args.only:
+        results.recovery = bench_faults.bench_recovery(
+            args.recovery_size, args.kill_one, args.kill_all, workdir, ports, args.seed
+        )
+    if "detection" in args.only:
+        results.detection = bench_faults.bench_detection(args.recovery_size, args.detections, workdir, ports, args.seed)
+    if "gloo" in args.only:
+        results.gloo_kills = bench_gloo.bench_kill_one(workdir, ports, args.recovery_size, args.gloo_kills, args.seed)
+        if "detection" in args.only:
+            results.gloo_detection = bench_gloo.bench_detection(workdir, ports, args.recovery_size, args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ports = PortAllocator(random.Random(args.seed))
-    sections: list[str] = []
-    formation: dict[int, list[Formation]] = {}
+    results = Results()
     workdir = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     header = machine()
     progress(header)
-    progress(f"configs and daemon logs in {workdir} (kept only if the bench fails)")
+    progress(f"configs and logs in {workdir} (kept only if the bench fails)")
     with cleanup(workdir):
         try:
-            sections.append(report_start(bench_start(workdir, ports, args.starts)))
-            for size in args.sizes:
-                formation[size] = bench_formation(workdir, ports, size, args.repeats)
-            sections.append(report_formation(formation))
-            formation = {}
-            sections.append(report_idle(bench_idle(workdir, ports, args.idle_size, args.idle)))
+            measure(args, results, workdir, ports)
         except BenchError as exc:
             kill_all()
             print(f"bench failed: {exc}", file=sys.stderr)
             if exc.logs:
                 print(exc.logs, file=sys.stderr)
-            print(f"configs and daemon logs kept in {workdir}", file=sys.stderr)
-            if formation:
-                sections.append(report_formation(formation))
+            print(f"configs and logs kept in {workdir}", file=sys.stderr)
+            sections = results.sections(args)
             if sections:  # whatever was measured before the failure
                 print(header + "\n\n" + "\n\n".join(sections) + "\n\n" + f"(incomplete: {exc})")
             return 1
     shutil.rmtree(workdir, ignore_errors=True)
     print(header + "\n")
-    print("\n\n".join(sections))
-    print(f"\nload average at the end: {', '.join(f'{value:.2f}' for value in os.getloadavg())}")
+    print("\n\n".join(results.sections(args)))
+    print(f"\nload average at the end: {load()}")
     return 0
 
 
