@@ -10,6 +10,8 @@ from typing import Any
 
 # Percentiles are nearest-rank: with few trials p99 is the maximum, never an interpolation below it.
 PERCENTILES = (50, 99)
+# Bins of the recovery-time histogram, shared by every (mode, network) so the bars compare.
+HISTOGRAM_BINS = 24
 # Exit codes named in the table; anything else is listed by number.
 CODE_NAMES = {-9: "kill-9", 0: "0", 1: "1", 75: "75"}
 
@@ -95,19 +97,23 @@ def write_json(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]],
 def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     """CDF of recovery time per (mode, network), with B in the legend; non-converged trials are counted as such."""
     import matplotlib
+    import numpy
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (cdf, histogram) = plt.subplots(1, 2, figsize=(12, 4.8))
     grouped = groups(trials)
+    everything = [trial["recovery"] for trial in trials if trial["converged"]] or [0.0]
+    edges = numpy.linspace(0.0, max(everything) * 1.05 + 0.01, HISTOGRAM_BINS + 1)
     for (mode, net), members in grouped.items():
         recoveries = sorted(trial["recovery"] for trial in members if trial["converged"])
         label = f"{mode} epochs, {net}: {len(recoveries)}/{len(members)} converged, B = {members[0]['bound']:.1f}s"
         if recoveries:
             fractions = [(position + 1) / len(members) for position in range(len(recoveries))]
             cdf.step([0.0, *recoveries], [0.0, *fractions], where="post", label=label)
-            histogram.hist(recoveries, bins=min(30, max(5, len(recoveries) // 2)), alpha=0.5, label=f"{mode}, {net}")
+            histogram.hist(recoveries, bins=edges, alpha=0.5, label=f"{mode}, {net}")
         else:
             cdf.plot([], [], label=label)
     cdf.set_xlabel("time from the last fault to every process ready in one epoch (s)")
@@ -119,6 +125,7 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     cdf.set_title("meshd chaos: recovery time (CDF)")
     histogram.set_xlabel("recovery time (s)")
     histogram.set_ylabel("trials")
+    histogram.yaxis.set_major_locator(MaxNLocator(integer=True))
     histogram.grid(alpha=0.3)
     histogram.legend(fontsize=8)
     histogram.set_title(f"histogram, {len(trials)} trials")

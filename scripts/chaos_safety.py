@@ -108,6 +108,13 @@ class SafetyChecker:
             if event["event"] in ("link_up", "ready"):
                 self.flag("stale-admitted", f"slot {slot} started with stale epoch {epoch} reported {event}", at)
 
+    def fenced_by_stale(self, fence_reasons: Iterable[str], stale_epochs: set[int], at: float) -> None:
+        """No process may exit because of a stale-epoch start: no fence names a stale epoch."""
+        for reason in fence_reasons:
+            match = FENCE_REASON.search(reason)
+            if match and epoch_order(match["newer"]) in {(epoch, 0) for epoch in stale_epochs}:
+                self.flag("stale-fenced", f"a process was fenced by a stale epoch: {reason}", at)
+
     def duplicate_exited(self, slot: int, code: int, lived: float, bind_timeout: float, at: float) -> None:
         """A second process for a live slot must fail to bind: exit 1, and only after ``timeouts.bind``."""
         if code != EXIT_FAILURE or lived < bind_timeout:

@@ -531,6 +531,7 @@ class Trial:
 
     def _check_processes(self) -> None:
         now = time.time()
+        stale_epochs = {int(process.epoch) for process in self._members() if process.role == "stale"}
         for process in self._all():
             code = process.code if process.code is not None else process.popen.returncode
             if process.role == "duplicate" and not process.bound():
@@ -541,7 +542,9 @@ class Trial:
             if process.role == "stale":
                 self.checker.stale_behaved(process.slot, int(process.epoch), process.events, now)
             if not process.stopping:
-                self.checker.exited(process.slot, process.role, code, process.killed, process.fence_reasons(), now)
+                reasons = process.fence_reasons()
+                self.checker.exited(process.slot, process.role, code, process.killed, reasons, now)
+                self.checker.fenced_by_stale(reasons, stale_epochs, now)
         hit = {slot for applied in self.applied if applied.fault.kind in (KILL, STALE) for slot in applied.fault.slots}
         survivors = [slot for slot in range(self.spec.size) if slot not in hit]
         self.checker.exit_bound(self.exits(), survivors, self.deaths(), now)
