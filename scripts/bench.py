@@ -626,7 +626,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=f"parts: {', '.join(PARTS)}. Defaults are the full run's; --quick: "
         + ", ".join(f"{key}={value}" for key, value in QUICK.items()),
     )
-    parser.add_argument("--only", type=parts, default=list(PARTS), help="comma-separated parts to run (default all)")
+    parser.add_argument(
+        "--only", type=parts, default=list(PARTS), metavar="PARTS", help=f"some of {','.join(PARTS)} (default all)"
+    )
     parser.add_argument("--quick", action="store_true", help="fast smoke run: small sizes, few repeats")
     parser.add_argument("--sizes", type=sizes, help="meshd formation sizes (default 2,4,8,16,32,64)")
     parser.add_argument("--repeats", type=positive_int, help="meshd formation repetitions per size (default 3)")
