@@ -78,6 +78,11 @@ class PeerLink:
         self._closing = False
 
     @property
+    def session(self) -> Session | None:
+        """The connection currently serving as the link, if any."""
+        return self._session
+
+    @property
     def me(self) -> Identity:
         """Who we are now: the epoch can move (auto mode, await mode), so it is read at each use."""
         return self._supervisor.me
@@ -88,6 +93,9 @@ class PeerLink:
             self._nursery = nursery
             nursery.start_soon(self._dial_loop)
             task_status.started()
+            # The nursery outlives the dial loop (which ends at a fence or a stop): the accept loop may still
+            # offer a connection that finished its handshake meanwhile, and its session needs a home.
+            await trio.sleep_forever()
 
     async def _dial_loop(self) -> None:
         with self._dialing:
@@ -198,8 +206,11 @@ class PeerLink:
                     await trio.sleep(self._backoff.next_delay())
                 continue
             refusal = self.offer(conn, hello, dialer=self.me.index)
-            if refusal is not None:
+            if refusal is not None:  # we refuse whom we reached (retired, another member): not before a back-off
                 await conn.part(refusal)
+                why = refusal.detail if isinstance(refusal, Refuse) else refusal.reason
+                self._supervisor.attempt_failed(self.peer, f"refused the peer we reached: {why}")
+                await trio.sleep(self._backoff.next_delay())
 
     async def _dial(self) -> tuple[FramedConnection, Hello]:
         with trio.move_on_after(self._timeouts.connect) as connecting:
@@ -221,6 +232,10 @@ class PeerLink:
             await session.conn.aclose()
         if self._session is session:
             self._session = None
+            # Retirement holds only while the replacement holds the link: which incarnation reached us last says
+            # nothing about which is newer (a zombie can arrive after its replacement), so once the link is gone,
+            # any incarnation may take it again and the tie-break decides afresh.
+            self._retired.clear()
             self._supervisor.link_down(self.peer, session.failure or "link closed")
             self._went_down.set()
 

@@ -84,8 +84,15 @@ class EventBus:
 
     def __init__(self) -> None:
         self._watchers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self._taps: list[Callable[[dict[str, Any]], None]] = []
+
+    def tap(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``observer`` synchronously with every event (the simulation's checker: it must see every step)."""
+        self._taps.append(observer)
 
     def publish(self, event: dict[str, Any]) -> None:
+        for observer in self._taps:
+            observer(event)
         for channel in list(self._watchers):
             try:
                 channel.send_nowait(event)
