@@ -147,6 +147,7 @@ class PeerLink:
         session = self._session
         if session is not None:
             self._session = None
+            self._retired.clear()  # as when a link fails: retirement lasts only as long as the replacement's link
             session.proven = True  # the link did nothing wrong: redial at once, in the new generation
             session.fail(reason)
             self._supervisor.link_down(self.peer, reason)

@@ -116,19 +116,19 @@ class SimStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        waited = False  # a call that waited has yielded already: no second trip through the scheduler
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("stream closed")
             await self._network.wait_running(self.owner)
             wire = self.inbound
             due = self._network.due(wire)
-            if due is not None:
-                await trio.lowlevel.checkpoint()
-                return self._take(due, max_bytes)
-            if self._eof:  # after the FIN, reads return b"" until a reset arrives
-                await trio.lowlevel.checkpoint()
-                return b""
+            if due is not None or self._eof:  # after the FIN, reads return b"" until a reset arrives
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                return self._take(due, max_bytes) if due is not None else b""
             await wire.arrived.wait()
+            waited = True
 
     def _take(self, segment: Segment, max_bytes: int | None) -> bytes:
         if segment.reset:
