@@ -179,29 +179,24 @@ def test_the_simulation_catches_a_broken_variant(variant):
     assert run_seed(failing.seed, 4, "mixed", None).ok
 
 
+def run_sim_command(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "meshd.sim", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_the_command_line_prints_the_figures_and_fails_on_a_broken_variant():
-    good = subprocess.run(
-        [sys.executable, "-m", "meshd.sim", "--seeds", "6", "--size", "3", "--jobs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    good = run_sim_command("--seeds", "6", "--size", "3", "--jobs", "1")
     assert good.returncode == 0, good.stdout + good.stderr
-    for field in (
-        "seeds run        6",
-        "converged        6",
-        "p50",
-        "p99",
-        "max",
-        "exits per process",
-        "failing seeds",
-    ):
+    fields = ("seeds run        6", "converged        6", "p50", "p99", "max", "exits per process", "failing seeds")
+    for field in fields:
         assert field in good.stdout, good.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "meshd.sim", "--seeds", "3", "--size", "4", "--variant", "no-epoch-check"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_sim_command("--seeds", "3", "--size", "4", "--variant", "no-epoch-check")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAILING SEEDS" in bad.stdout and "replay: python -m meshd.sim --replay" in bad.stdout
+
+
+def test_a_replay_prints_the_trace_and_the_verdict():
+    replay = run_sim_command("--replay", "3", "--size", "3", "--mode", "fixed")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "pid 0 slot" in replay.stdout and "last fault over" in replay.stdout
+    assert "seed 3 (fixed): converged" in replay.stdout

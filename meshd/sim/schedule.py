@@ -41,6 +41,17 @@ class Fault:
 
 
 @frozen
+class Lasting(Fault):
+    """A fault that holds for ``duration`` and then ends by itself (heals, resumes, dies)."""
+
+    duration: float
+
+    @property
+    def end(self) -> float:
+        return self.at + self.duration
+
+
+@frozen
 class Crash(Fault):
     """kill -9 (the kernel closes the sockets) or, ``silent``, the whole host dies (nobody answers)."""
 
@@ -55,29 +66,19 @@ class Crash(Fault):
 
 
 @frozen
-class Pause(Fault):
+class Pause(Lasting):
     slot: int
-    duration: float
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         return f"SIGSTOP slot {self.slot} for {self.duration:.3f}s"
 
 
 @frozen
-class Partition(Fault):
+class Partition(Lasting):
     """Silent loss between ``side`` and every other host (one way: only from ``side`` to the others)."""
 
     side: tuple[int, ...]
-    duration: float
     one_way: bool
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         arrow = "->" if self.one_way else "<->"
@@ -85,30 +86,20 @@ class Partition(Fault):
 
 
 @frozen
-class Lossy(Fault):
+class Lossy(Lasting):
     a: int
     b: int
-    duration: float
     loss: float
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         return f"lossy path {self.a}<->{self.b} ({self.loss:.0%} of segments lost) for {self.duration:.3f}s"
 
 
 @frozen
-class Slow(Fault):
+class Slow(Lasting):
     a: int
     b: int
-    duration: float
     extra: float
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         return f"slow path {self.a}<->{self.b} (+{self.extra * 1000:.0f} ms) for {self.duration:.3f}s"
@@ -136,32 +127,22 @@ class ResetLinks(Fault):
 
 
 @frozen
-class Zombie(Fault):
+class Zombie(Lasting):
     """The slot's process is taken for dead but lives on: its replacement takes over the address while the hosts
     in ``stale_routes`` still reach the zombie there, until it dies ``duration`` later."""
 
     slot: int
-    duration: float
     stale_routes: tuple[int, ...]
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         return f"zombie of slot {self.slot} for {self.duration:.3f}s, still reached by {list(self.stale_routes)}"
 
 
 @frozen
-class BusyPort(Fault):
+class BusyPort(Lasting):
     """kill -9 of the slot, and its port held by someone else for ``duration``: the restarts fail to bind."""
 
     slot: int
-    duration: float
-
-    @property
-    def end(self) -> float:
-        return self.at + self.duration
 
     def describe(self) -> str:
         return f"kill -9 of slot {self.slot}, its port busy for {self.duration:.3f}s"
@@ -222,29 +203,47 @@ def _fault_makers(rng: random.Random, size: int, mode: str) -> list[Callable[[fl
 
     def crash(at: float) -> Fault:
         epoch = rng.choice(["newer", "newer", "older", "equal"]) if mode == "fixed" else None
-        return Crash(at, slot(), rng.random() < 0.3, epoch)
+        return Crash(at, slot=slot(), silent=rng.random() < 0.3, restart_epoch=epoch)
 
     def partition(at: float) -> Fault:
         side = tuple(sorted(rng.sample(range(size), rng.randint(1, max(1, size // 2)))))
-        return Partition(at, side, duration(), rng.random() < 0.3)
+        return Partition(at, duration(), side=side, one_way=rng.random() < 0.3)
 
     def zombie(at: float) -> Fault:
         victim = slot()
         others = [index for index in range(size) if index != victim]
-        return Zombie(at, victim, duration(), tuple(sorted(rng.sample(others, rng.randint(0, len(others))))))
+        lasting = duration()
+        stale = tuple(sorted(rng.sample(others, rng.randint(0, len(others)))))
+        return Zombie(at, lasting, slot=victim, stale_routes=stale)
+
+    def pause(at: float) -> Fault:
+        victim = slot()
+        return Pause(at, duration(), slot=victim)
+
+    def lossy(at: float) -> Fault:
+        a, b = pair()
+        return Lossy(at, duration(), a, b, loss=rng.uniform(*LOSS))
+
+    def slow(at: float) -> Fault:
+        a, b = pair()
+        return Slow(at, duration(), a, b, extra=rng.uniform(*SLOW_EXTRA))
+
+    def busy_port(at: float) -> Fault:
+        victim = slot()
+        return BusyPort(at, duration(), slot=victim)
 
     makers: list[Callable[[float], Fault]] = [
         crash,
         crash,
-        lambda at: Pause(at, slot(), duration()),
+        pause,
         partition,
-        lambda at: Lossy(at, *pair(), duration(), rng.uniform(*LOSS)),
-        lambda at: Slow(at, *pair(), duration(), rng.uniform(*SLOW_EXTRA)),
-        lambda at: ResetHandshake(at, *pair(), rng.uniform(0.0, 0.004)),
+        lossy,
+        slow,
+        lambda at: ResetHandshake(at, *pair(), after=rng.uniform(0.0, 0.004)),
         lambda at: ResetLinks(at, *pair()),
         zombie,
-        lambda at: BusyPort(at, slot(), duration()),
+        busy_port,
     ]
     if mode == "auto":
-        makers.append(lambda at: ClockJump(at, slot(), rng.uniform(-CLOCK_JUMP, CLOCK_JUMP)))
+        makers.append(lambda at: ClockJump(at, slot=slot(), delta=rng.uniform(-CLOCK_JUMP, CLOCK_JUMP)))
     return makers
