@@ -95,7 +95,8 @@ def write_json(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]],
 
 
 def plot(path: Path, trials: list[dict[str, Any]]) -> None:
-    """CDF of recovery time per (mode, network), with B in the legend; non-converged trials are counted as such."""
+    """CDF of recovery time per (mode, network), B in the legend (non-converged trials keep a CDF below 1), and a
+    histogram stacked by (mode, network)."""
     import matplotlib
     import numpy
 
@@ -107,15 +108,15 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     grouped = groups(trials)
     everything = [trial["recovery"] for trial in trials if trial["converged"]] or [0.0]
     edges = numpy.linspace(0.0, max(everything) * 1.05 + 0.01, HISTOGRAM_BINS + 1)
+    stacks: list[list[float]] = []
     for (mode, net), members in grouped.items():
         recoveries = sorted(trial["recovery"] for trial in members if trial["converged"])
+        stacks.append(recoveries)
         label = f"{mode} epochs, {net}: {len(recoveries)}/{len(members)} converged, B = {members[0]['bound']:.1f}s"
-        if recoveries:
-            fractions = [(position + 1) / len(members) for position in range(len(recoveries))]
-            cdf.step([0.0, *recoveries], [0.0, *fractions], where="post", label=label)
-            histogram.hist(recoveries, bins=edges, alpha=0.5, label=f"{mode}, {net}")
-        else:
-            cdf.plot([], [], label=label)
+        fractions = [(position + 1) / len(members) for position in range(len(recoveries))]
+        cdf.step([0.0, *recoveries], [0.0, *fractions], where="post", label=label)
+    names = [f"{mode}, {net}" for mode, net in grouped]
+    histogram.hist(stacks, bins=edges, stacked=True, label=names)
     cdf.set_xlabel("time from the last fault to every process ready in one epoch (s)")
     cdf.set_ylabel("fraction of trials recovered")
     cdf.set_ylim(0, 1.02)
