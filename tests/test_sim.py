@@ -102,6 +102,18 @@ def test_a_paused_process_sends_nothing_and_its_close_waits_for_the_resume():
     run_virtual(scenario)
 
 
+def test_a_close_made_while_paused_goes_out_when_the_process_is_killed():
+    async def scenario(net, nursery):
+        a, _, dialer, accepted = await connected_pair(net)
+        net.pause(a)
+        await dialer.aclose()
+        net.kill(a, silent=False)  # its kernel closes what the stopped process could not
+        with trio.fail_after(1):
+            assert await accepted.receive_some() == b""
+
+    run_virtual(scenario)
+
+
 def test_a_crashed_host_answers_nothing():
     async def scenario(net, nursery):
         _, b, dialer, _ = await connected_pair(net)

@@ -166,7 +166,8 @@ class SimStream(trio.abc.Stream):
             self._network.transmit(self.outbound, b"")
         self._network.answer_in_flight(self.inbound)
 
-    def owe_nothing(self) -> None:
+    def send_owed_fin(self) -> None:
+        """The owner closed this end while paused; now it runs (or its kernel takes over at death): send the FIN."""
         if self._fin_owed:
             self._fin_owed = False
             self._network.transmit(self.outbound, b"")
@@ -295,7 +296,7 @@ class SimNetwork:
     def resume(self, process: Attachment) -> None:
         process.paused = False
         for end in process.ends:
-            end.owe_nothing()
+            end.send_owed_fin()
         self.conditions_changed()
 
     def kill(self, process: Attachment, *, silent: bool) -> None:
@@ -311,6 +312,7 @@ class SimNetwork:
                 end.vanish()
             else:
                 end.close()
+                end.send_owed_fin()
         process.ends.clear()
         if silent and not process.displaced:
             self.down_hosts.add(process.address)
