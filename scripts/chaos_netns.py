@@ -55,12 +55,18 @@ def run(*argv: str) -> str:
 
 
 def netns_unavailable() -> str | None:
-    """Why namespaces cannot be used here, or None when they can (root, `ip` and `nft` present)."""
+    """Why namespaces cannot be used here, or None when they can (root, `ip` and `nft`, a probe namespace)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
     if missing:
         return f"missing {' and '.join(missing)} (apt-get install iproute2 nftables)"
+    probe = f"{PREFIX}{os.getpid()}-probe"
+    try:
+        run("ip", "netns", "add", probe)
+        run("ip", "netns", "del", probe)
+    except NetError as exc:
+        return f"cannot create a network namespace here: {exc}"
     return None
 
 

@@ -31,6 +31,8 @@ KINDS = {
     ("auto", "netns"): {"kill", "pause", "duplicate", "partition"},
 }
 KILLED = -signal.SIGKILL
+# Why this machine cannot run the namespace trials (not root, no `ip` or `nft`, no namespaces), or None.
+NETNS_UNAVAILABLE = netns_unavailable()
 
 
 def run_campaign(tmp_path: Path, net: str) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def test_chaos_on_loopback_converges_without_violations(tmp_path):
     check_campaign(run_campaign(tmp_path, "loopback"), "loopback")
 
 
-@pytest.mark.skipif(netns_unavailable() is not None, reason=f"network namespaces: {netns_unavailable()}")
+@pytest.mark.skipif(NETNS_UNAVAILABLE is not None, reason=f"network namespaces: {NETNS_UNAVAILABLE}")
 def test_chaos_across_network_namespaces_with_partitions(tmp_path):
     check_campaign(run_campaign(tmp_path, "netns"), "netns")
 
