@@ -68,7 +68,6 @@ LOG_DAEMONS = 4  # daemons whose log tails are shown when a fault is not recover
 class Incarnation:
     """One start of a daemon in a slot, and what its watch told about it."""
 
-    slot: int
     epoch: int | str  # the --epoch argument
     process: subprocess.Popen[bytes]
     spawned: float  # bench wall clock
@@ -90,11 +89,9 @@ class Slot:
 class ControlledCluster:
     """N daemons on loopback under a restarting controller, each incarnation watched."""
 
-    def __init__(
-        self, size: int, auto: bool, workdir: Path, ports: PortAllocator, tag: str, timeouts: dict[str, float]
-    ) -> None:
+    def __init__(self, size: int, auto: bool, workdir: Path, ports: PortAllocator, tag: str) -> None:
         mesh_ports, admin_ports = ports.take(size), ports.take(size)
-        self.config = write_config(workdir / f"{tag}.toml", mesh_ports, timeouts)
+        self.config = write_config(workdir / f"{tag}.toml", mesh_ports)  # meshd's default timeouts
         self.auto = auto
         self.epoch = 1
         self.slots = [
@@ -119,7 +116,7 @@ class ControlledCluster:
     def _spawn(self, slot: Slot, nursery: trio.Nursery) -> Incarnation:
         epoch: int | str = "auto" if self.auto else self.epoch
         process = spawn(meshd_command(self.config, slot.index, epoch, slot.admin), slot.log)
-        incarnation = Incarnation(slot.index, epoch, process, time.time())
+        incarnation = Incarnation(epoch, process, time.time())
         slot.current = incarnation
         nursery.start_soon(self._follow, incarnation, slot.admin)
         return incarnation
@@ -185,10 +182,9 @@ class ControlledCluster:
                 await trio.sleep(CHECK_INTERVAL)
         raise BenchError(f"{self.mode} cluster: no {what} within {bound:g} s", self.logs())
 
-    def logs(self, slots: list[Slot] | None = None) -> str:
-        shown = (slots or self.slots)[:LOG_DAEMONS]
+    def logs(self) -> str:
         parts = []
-        for slot in shown:
+        for slot in self.slots[:LOG_DAEMONS]:
             inc = slot.current
             state = "none" if inc is None else f"pid {inc.process.pid}, epoch {inc.epoch}, ready {inc.ready_epoch}"
             parts.append(f"--- daemon {slot.index} ({state}, exits {slot.exits}):\n{log_tail(slot.log)}")
@@ -254,7 +250,7 @@ async def _run_recovery(
 ) -> RecoveryRuns:
     fault = "kill all" if kill_all else "kill one"
     tag = f"recovery-{'auto' if auto else 'fixed'}-{'all' if kill_all else 'one'}"
-    cluster = ControlledCluster(size, auto, workdir, ports, tag, {})
+    cluster = ControlledCluster(size, auto, workdir, ports, tag)
     rng = random.Random(seed)
     result = RecoveryRuns(cluster.mode, fault, size, load=load())
     try:
@@ -379,7 +375,7 @@ def _noticed(peers: list[Incarnation], victim: int, since: float) -> list[tuple[
 
 
 async def _run_detection(size: int, trials: int, workdir: Path, ports: PortAllocator, seed: int | None) -> Detection:
-    cluster = ControlledCluster(size, False, workdir, ports, "detection", {})
+    cluster = ControlledCluster(size, False, workdir, ports, "detection")
     defaults = Timeouts()
     result = Detection(size, defaults.heartbeat_timeout, defaults.heartbeat_interval, load=load())
     rng = random.Random(seed)

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,17 +40,16 @@ DETECTION_SLACK = 20.0  # SIGSTOP -> every other rank's barrier failed: DETECTIO
 READ_TIMEOUT = 0.2  # one wait for a line from the ranks, between checks of the deadline
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Driver
-
-
 def ensure_torch() -> None:
-    """Install the measured torch release into this venv when it is missing (only the benchmark needs it)."""
+    """Install the measured torch release into this venv when it is missing (only the benchmark needs it).
+
+    Asked of the package metadata: importing torch here would cost the driver 1.5 s and 200 MiB.
+    """
     try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is not None and torch.__version__.split("+")[0] == TORCH_REQUIREMENT.split("==")[1]:
+        installed: str | None = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None and installed.split("+")[0] == TORCH_REQUIREMENT.split("==")[1]:
         return
     progress(f"installing {TORCH_REQUIREMENT} (the CPU wheel) for the gloo comparison")
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH_REQUIREMENT]
@@ -102,7 +103,7 @@ class Group:
         except (ValueError, OSError):
             return  # the driver closed the pipe
 
-    def gather(self, done: Any, bound: float) -> bool:
+    def gather(self, done: Callable[[], object], bound: float) -> bool:
         """Take lines until ``done()`` holds (True) or ``bound`` seconds pass (False)."""
         deadline = time.monotonic() + bound
         while not done():
@@ -119,7 +120,8 @@ class Group:
                 continue  # a library's own print
         return True
 
-    def command(self, ranks: list[Rank], line: str) -> None:
+    def tell(self, ranks: list[Rank], line: str) -> None:
+        """Write ``line`` to the ranks' stdin (each line makes a rank run one more barrier)."""
         for rank in ranks:
             assert rank.process.stdin is not None
             try:
@@ -237,7 +239,7 @@ def _kill_one(group: Group, rng: random.Random) -> GlooKill:
     victim.process.wait(timeout=10)
     replacement = group.start(victim.rank)
     since = replacement.spawned
-    group.command(survivors, "barrier")  # the survivors carry on: their next collective
+    group.tell(survivors, "barrier")  # the survivors carry on: their next collective
 
     def settled(rank: Rank) -> bool:
         return rank.first("barrier", since) is not None or rank.first("error", since) is not None
@@ -302,7 +304,7 @@ def bench_detection(workdir: Path, ports: PortAllocator, size: int, seed: int | 
         survivors = [r for r in group.ranks if r is not victim]
         stopped = time.time()
         os.kill(victim.process.pid, signal.SIGSTOP)
-        group.command(survivors, "barrier")
+        group.tell(survivors, "barrier")
         group.gather(lambda: all(r.first("error", stopped) for r in survivors), DETECTION_TIMEOUT + DETECTION_SLACK)
     finally:
         group.close()  # SIGKILL ends the stopped rank too
