@@ -8,7 +8,11 @@ Fault kinds (each at an offset from the start of the fault phase):
 - ``duplicate``: a second process for a live slot, with the slot's own epoch (or ``auto``): its port is taken, so
   it must exit 1 after ``timeouts.bind`` without disturbing anyone;
 - ``partition``: namespaces only: the slots of one side lose every packet to and from the other side for
-  ``duration`` (silence, no reset), then the cut heals.
+  ``duration`` (silence, no reset), then the cut heals;
+- ``twin``: namespaces and ``--epoch auto`` only: a second process of a live slot in a second namespace that
+  answers the slot's own address (an address conflict: peers reach whichever one ARP last named) for
+  ``duration``, then killed and its namespace removed. Not with fixed epochs: two live incarnations of a slot in
+  one epoch break the controller's contract (A4) under which the design proves S2.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-KILL, PAUSE, STALE, DUPLICATE, PARTITION = "kill", "pause", "stale", "duplicate", "partition"
+KILL, PAUSE, STALE, DUPLICATE, PARTITION, TWIN = "kill", "pause", "stale", "duplicate", "partition", "twin"
 # Relative frequency of each kind; kills are what the design's recovery is mostly about.
-WEIGHTS = {KILL: 4, PAUSE: 2, STALE: 1, DUPLICATE: 1, PARTITION: 2}
+WEIGHTS = {KILL: 4, PAUSE: 2, STALE: 1, DUPLICATE: 1, PARTITION: 2, TWIN: 1}
 # Pause between two faults' start times, seconds (0: faults pile up at once).
 GAP = (0.0, 1.5)
 # How long a process stays stopped: from below the heartbeat timeout to several of them.
 PAUSE_LENGTH = (0.2, 2.5)
 # How long a partition lasts.
 PARTITION_LENGTH = (0.3, 3.0)
+# How long a twin answers its slot's address.
+TWIN_LENGTH = (0.5, 2.5)
 # Probability that a kill or pause hits a single slot (else a random number of them, up to all for kills).
 SINGLE_VICTIM = 0.6
 # The controller's first epoch in fixed mode; stale epochs are drawn below it, so no process ever ran them.
@@ -53,12 +59,15 @@ class Fault:
 
 
 def kinds_for(mode: str, partitions: bool) -> list[str]:
-    """The fault kinds a trial can draw: stale epochs need fixed epochs, partitions need namespaces."""
+    """The fault kinds a trial can draw: stale epochs need fixed epochs, partitions and twins namespaces, twins
+    self-minted generations."""
     kinds = [KILL, PAUSE, DUPLICATE]
     if mode == "fixed":
         kinds.append(STALE)
     if partitions:
         kinds.append(PARTITION)
+        if mode == "auto":
+            kinds.append(TWIN)
     return kinds
 
 
@@ -87,6 +96,8 @@ def plan(seed: int, size: int, mode: str, partitions: bool, count: int) -> list[
             faults.append(Fault(round(at, 3), kind, (rng.randrange(size),), stale_epoch=stale_epochs[number]))
         elif kind == DUPLICATE:
             faults.append(Fault(round(at, 3), kind, (rng.randrange(size),)))
+        elif kind == TWIN:
+            faults.append(Fault(round(at, 3), kind, (rng.randrange(size),), round(rng.uniform(*TWIN_LENGTH), 3)))
         else:
             side = tuple(sorted(rng.sample(range(size), rng.randint(1, size // 2))))
             faults.append(Fault(round(at, 3), kind, side, round(rng.uniform(*PARTITION_LENGTH), 3)))

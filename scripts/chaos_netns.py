@@ -6,7 +6,9 @@ Namespace topology (names start with ``mch<runner pid>`` so that a later run can
   so nothing in it can reach anything but the other namespaces of this run;
 - ``<prefix>c`` in the root namespace holds ``.254``: the controller reaches every daemon's admin port through it.
 A partition drops IP packets between chosen daemon addresses in the hub's bridge (nftables, bridge family), so the
-peers see silence, never a reset or an ICMP error; the controller's admin traffic is never dropped.
+peers see silence, never a reset or an ICMP error; the controller's admin traffic is never dropped. A twin
+``<prefix>-t<i>`` is a second namespace on the bridge with daemon i's address (an address conflict), removed with
+every neighbour cache flushed.
 """
 
 from __future__ import annotations
@@ -124,6 +126,18 @@ class Hosts:
     def partition(self, side: Iterable[int], size: int) -> None:
         raise NetError("loopback hosts cannot be partitioned")
 
+    def add_twin(self, index: int) -> str:
+        raise NetError("loopback hosts cannot hold a twin")
+
+    def remove_twin(self, name: str) -> None:
+        raise NetError("loopback hosts cannot hold a twin")
+
+    def twin_admin(self, index: int) -> Address:
+        raise NetError("loopback hosts cannot hold a twin")
+
+    def command_in(self, namespace: str, argv: list[str]) -> list[str]:
+        raise NetError("loopback hosts have no namespaces")
+
     def heal(self) -> None:
         """Nothing to heal on loopback."""
 
@@ -169,7 +183,38 @@ class Namespaces(Hosts):
         return Address(self.host(index), self.admin_ports[index])
 
     def command(self, index: int, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.daemons[index], *argv]
+        return self.command_in(self.daemons[index], argv)
+
+    def command_in(self, namespace: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", namespace, *argv]
+
+    def twin_admin(self, index: int) -> Address:
+        """A twin's admin port: beside the slot's own, so that the controller's polls never reach the twin."""
+        return Address(self.host(index), self.admin_ports[index] + 1)
+
+    def _attach(self, name: str, port: str, index: int) -> None:
+        """Give namespace ``name`` an ``eth0`` with daemon ``index``'s address, on the hub bridge as ``port``."""
+        run("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
+        run("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        run("ip", "-n", name, "addr", "add", f"{self.host(index)}/24", "dev", "eth0")
+        run("ip", "-n", name, "link", "set", "eth0", "up")
+
+    def add_twin(self, index: int) -> str:
+        """A second namespace with daemon ``index``'s address on the bridge (an address conflict)."""
+        name = f"{self.prefix}-t{index}"
+        run("ip", "netns", "add", name)
+        self.created.append(name)
+        self._attach(name, f"t{index}", index)
+        return name
+
+    def remove_twin(self, name: str) -> None:
+        """Delete a twin's namespace, and forget its hardware address everywhere (neighbour caches), as the
+        network would once the conflict is over; otherwise peers would keep sending to it for up to a minute."""
+        self._delete(name)
+        for daemon in self.daemons:
+            run("ip", "-n", daemon, "neigh", "flush", "all")
+        run("ip", "neigh", "flush", "dev", self.controller_link)
 
     def _build(self) -> None:
         for name in (self.hub, *self.daemons):
@@ -178,12 +223,7 @@ class Namespaces(Hosts):
         run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.hub, "link", "set", "br0", "up")
         for index, name in enumerate(self.daemons):
-            port = f"d{index}"
-            run("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
-            run("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
-            run("ip", "-n", name, "link", "set", "lo", "up")
-            run("ip", "-n", name, "addr", "add", f"{self.host(index)}/24", "dev", "eth0")
-            run("ip", "-n", name, "link", "set", "eth0", "up")
+            self._attach(name, f"d{index}", index)
         run("ip", "link", "add", self.controller_link, "type", "veth", "peer", "name", "ctl", "netns", self.hub)
         run("ip", "-n", self.hub, "link", "set", "ctl", "master", "br0", "up")
         run("ip", "addr", "add", f"{self.subnet}.{CONTROLLER_HOST}/24", "dev", self.controller_link)
@@ -221,17 +261,21 @@ class Namespaces(Hosts):
     def heal(self) -> None:
         self._nft(f"flush chain bridge {NFT_TABLE} {NFT_CHAIN}\n")
 
+    def _delete(self, name: str) -> None:
+        """Kill whatever still runs in namespace ``name`` and delete it (its veth pair goes with it)."""
+        with contextlib.suppress(NetError):
+            for pid in run("ip", "netns", "pids", name).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        self.created.remove(name)
+        run("ip", "netns", "del", name)
+
     def close(self) -> None:
-        """Kill whatever still runs in the namespaces and delete them (the veth pairs go with them)."""
-        for name in reversed(self.created):
-            with contextlib.suppress(NetError):
-                for pid in run("ip", "netns", "pids", name).split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+        """Delete every namespace of the run, and the controller's link."""
+        for name in reversed(list(self.created)):
             try:
-                run("ip", "netns", "del", name)
+                self._delete(name)
             except NetError as exc:
                 print(f"[chaos] could not delete namespace {name}: {exc}", file=sys.stderr)
-        self.created.clear()
         with contextlib.suppress(NetError):
             run("ip", "link", "del", self.controller_link)

@@ -38,9 +38,10 @@ def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
         worst_ratio = 0.0
         for trial in members:
             hit = {slot for fault in trial["faults"] if fault["kind"] in ("kill", "stale") for slot in fault["slots"]}
+            twin = any(fault["kind"] == "twin" for fault in trial["faults"])  # two processes per slot: unbounded
             for slot, exits in trial["exits"].items():
                 codes.update(exits)
-                if int(slot) not in hit and trial["deaths"]:
+                if int(slot) not in hit and trial["deaths"] and not twin:
                     worst_ratio = max(worst_ratio, exits.count(75) / trial["deaths"])
         row: dict[str, Any] = {
             "mode": mode,

@@ -11,7 +11,8 @@ snapshot shows the checker able to fail (tests/test_chaos.py). What counts as a 
   than the process's own; an exit code other than 0, 1 or 75 that the chaos runner did not cause;
 - a stale-epoch process that links to anyone or becomes ready; a duplicate start that does not exit 1 after
   ``timeouts.bind``;
-- the exit bound (§5): a slot that was never killed exits 75 at most once per death in the trial.
+- the exit bound (§5): a slot that was never killed exits 75 at most once per death in the trial, and no slot
+  exits 75 more than once after the last fault.
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ class SafetyChecker:
         """A second process for a live slot must fail to bind: exit 1, and only after ``timeouts.bind``."""
         if code != EXIT_FAILURE or lived < bind_timeout:
             self.flag("duplicate", f"duplicate of slot {slot} exited {code} after {lived:.2f}s", at)
+
+    def exits_after_last_fault(self, fenced_after: dict[int, int], at: float) -> None:
+        """§5: once the faults stop, a slot exits 75 at most once (its process sealed, or running an old epoch, at
+        t0 fences once; its successor is born into the recovery and never exits)."""
+        for slot, count in sorted(fenced_after.items()):
+            if count > 1:
+                self.flag("exits-after-t0", f"slot {slot} exited 75 {count} times after the last fault", at)
 
     def exit_bound(self, exits: dict[int, list[int]], survivors: Iterable[int], deaths: int, at: float) -> None:
         """§5 exits per process: a slot never killed exits 75 at most once per death in the trial."""

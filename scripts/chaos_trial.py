@@ -30,7 +30,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from meshd import admin
 from meshd.errors import AdminUnreachable
 from meshd.orchestrator import RESTART_DELAY, EpochController
-from scripts.chaos_faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, Fault
+from scripts.chaos_faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault
 from scripts.chaos_netns import Hosts
 from scripts.chaos_safety import EXIT_FENCED, SafetyChecker
 
@@ -47,9 +47,11 @@ STOP_TIMEOUT = 5.0
 ADMIN_ERRORS = (AdminUnreachable, OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError)
 # The log line of a daemon that bound its mesh port.
 LISTENING = '"message": "listening on '
-# How long past ``timeouts.bind`` a duplicate start may take to exit before the runner kills it (start-up, and a
-# fenced process's drain).
-DUPLICATE_GRACE = 3.0
+# How long past ``timeouts.bind`` a duplicate start may take to exit before the runner kills it (start-up, which
+# took up to 4 s at load average 18 on this 2-core machine, and a fenced process's drain).
+DUPLICATE_GRACE = 8.0
+# How long a twin may take to start listening; its fault's duration counts from then.
+TWIN_START_LIMIT = 5.0
 # Lines of each daemon's log shown when a trial fails.
 LOG_TAIL_LINES = 15
 # prctl(PR_SET_PDEATHSIG): a daemon is killed when the runner dies, even by kill -9.
@@ -78,7 +80,7 @@ class Process:
     """One ``meshd run`` process of a trial, with what its admin watch reported."""
 
     slot: int
-    role: str  # "member" (the slot's process), "stale" (a stale-epoch start) or "duplicate" (a second start)
+    role: str  # "member" (the slot's process), "stale" (a stale-epoch start), "duplicate" or "twin" (second starts)
     epoch: int | str
     popen: subprocess.Popen[bytes]
     log: Path
@@ -159,6 +161,7 @@ class Trial:
         self.latest_began = 0.0  # wall clock when the poll behind ``latest`` started
         self.polled = trio.Event()
         self.applied: list[Applied] = []
+        self.t0: float | None = None  # wall clock when the last fault ended
         self._nursery: trio.Nursery | None = None
 
     def _write_config(self) -> Path:
@@ -174,21 +177,23 @@ class Trial:
     def current(self, slot: int) -> Process | None:
         return self.history[slot][-1] if self.history[slot] else None
 
-    def spawn(self, slot: int, epoch: int | str, role: str) -> Process:
-        serial = sum(len(processes) for processes in self.history) + len(self.duplicates)
+    def spawn(self, slot: int, epoch: int | str, role: str, twin: str | None = None) -> Process:
+        """Start ``meshd run`` for ``slot`` where it lives, or in namespace ``twin`` with the twin's admin port."""
+        serial = len(self._all())
         log = self.workdir / f"{serial:03d}-d{slot}-{role}.log"
         argv = [
             sys.executable, "-m", "meshd", "run",
             "--config", str(self.config),
             "--index", str(slot),
             "--epoch", str(epoch),
-            "--admin", str(self.hosts.admin(slot)),
+            "--admin", str(self.hosts.admin(slot) if twin is None else self.hosts.twin_admin(slot)),
             "--log-format", "json",
         ]  # fmt: skip
+        command = self.hosts.command(slot, argv) if twin is None else self.hosts.command_in(twin, argv)
         spawned = time.time()
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                self.hosts.command(slot, argv),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -229,7 +234,7 @@ class Trial:
         """Before a slot's restart, kill its duplicates: one may have bound the port its process freed, and the
         restart must not fail to bind. One that did was a process of the slot, and the controller saw it die."""
         for duplicate in self.duplicates:
-            if duplicate.slot == slot and duplicate.code is None:
+            if duplicate.slot == slot and duplicate.role == "duplicate" and duplicate.code is None:
                 self.kill(duplicate)
                 code = await self.wait_exit(duplicate)
                 if self.spec.mode == "fixed" and duplicate.bound():
@@ -355,6 +360,8 @@ class Trial:
                 elif fault.kind == PARTITION:
                     await self._cut(fault.slots)
                     nursery.start_soon(self._heal_later, fault, applied)
+                elif fault.kind == TWIN:
+                    nursery.start_soon(self._twin, fault, applied)
 
     def _kill_slots(self, fault: Fault, applied: Applied) -> None:
         victims = []
@@ -362,7 +369,7 @@ class Trial:
             if fault.stale_epoch is not None:
                 self.pending_stale[slot] = fault.stale_epoch
             for duplicate in self.duplicates:
-                if duplicate.slot == slot:
+                if duplicate.slot == slot and duplicate.role == "duplicate":
                     self.kill(duplicate)
             process = self.current(slot)
             if process is not None and process.running:
@@ -402,6 +409,25 @@ class Trial:
             took = "bound the port its slot's process had left" if duplicate.bound() else "never bound"
             applied.note = f"exit {duplicate.code} after {duplicate.exited - duplicate.spawned:.2f}s, {took}"
         applied.ended = time.time()
+
+    async def _twin(self, fault: Fault, applied: Applied) -> None:
+        """A second process of a live slot in a second namespace on the slot's address, for the fault's duration
+        once it listens."""
+        (slot,) = fault.slots
+        namespace = await trio.to_thread.run_sync(self.hosts.add_twin, slot)
+        twin = self.spawn(slot, self.spec.mode, "twin", twin=namespace)
+        self.duplicates.append(twin)
+        with trio.move_on_after(TWIN_START_LIMIT):
+            while twin.running and not twin.bound():
+                await trio.sleep(EXIT_POLL)
+        with trio.move_on_after(fault.duration):
+            await self.wait_exit(twin)
+        self.kill(twin)
+        await self.wait_exit(twin)
+        await trio.to_thread.run_sync(self.hosts.remove_twin, namespace)
+        applied.ended = time.time()
+        took = "bound its address" if twin.bound() else "never bound"
+        applied.note = f"exit {twin.code} after {twin.exited - twin.spawned:.2f}s, {took}"
 
     async def _cut(self, side: tuple[int, ...]) -> None:
         self.cuts.append(side)
@@ -483,8 +509,8 @@ class Trial:
                     record["formed_in"] = round(max(s["state_since"] for s in formed) - started, 3)
                     origin = time.time()
                     await self.inject(origin)
-                    t0 = max([origin, *(applied.ended or origin for applied in self.applied)])
-                    record["t0"] = round(t0 - origin, 3)
+                    t0 = self.t0 = max([origin, *(applied.ended or origin for applied in self.applied)])
+                    record.update(origin=origin, t0=round(t0 - origin, 3))
                     recovered, problems = await self.wait_converged(t0, t0 + spec.bound)
                     if recovered is None:
                         self.checker.flag("liveness", f"not ready within B = {spec.bound:.1f}s: {problems}", t0)
@@ -547,7 +573,16 @@ class Trial:
                 self.checker.fenced_by_stale(reasons, stale_epochs, now)
         hit = {slot for applied in self.applied if applied.fault.kind in (KILL, STALE) for slot in applied.fault.slots}
         survivors = [slot for slot in range(self.spec.size) if slot not in hit]
-        self.checker.exit_bound(self.exits(), survivors, self.deaths(), now)
+        if not any(applied.fault.kind == TWIN for applied in self.applied):
+            # While a twin lives, a slot has two live processes (beyond A1): each may fence the other's generation
+            # any number of times. Only the bound after the last fault applies then.
+            self.checker.exit_bound(self.exits(), survivors, self.deaths(), now)
+        if self.t0 is not None:
+            t0 = self.t0
+            late = [p for p in self._members() if p.code == EXIT_FENCED and not p.stopping and (p.exited or 0) > t0]
+            self.checker.exits_after_last_fault(
+                {slot: sum(p.slot == slot for p in late) for slot in range(self.spec.size)}, now
+            )
 
 
 def design_bound(timeouts: dict[str, float], size: int, restart_delay: float, start_time: float, delta: float) -> float:
