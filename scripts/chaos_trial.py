@@ -31,7 +31,7 @@ from meshd import admin
 from meshd.errors import AdminUnreachable
 from meshd.orchestrator import RESTART_DELAY, EpochController
 from scripts.chaos_faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault
-from scripts.chaos_netns import Hosts
+from scripts.chaos_netns import Hosts, NetError
 from scripts.chaos_safety import EXIT_FENCED, SafetyChecker
 
 # How often exited processes are noticed, and how often every slot's status is polled.
@@ -481,11 +481,12 @@ class Trial:
         return "\n".join(parts)
 
     def kill_everything(self) -> None:
+        """However the trial ended: no process of it survives, and no partition outlives it."""
         for process in [*self._members(), *self.duplicates]:
             self.kill(process)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.popen.wait(timeout=STOP_TIMEOUT)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(NetError):
             self.hosts.heal()
 
     async def run(self) -> dict[str, Any]:
