@@ -105,7 +105,7 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, (cdf, histogram) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, (cdf, histogram) = plt.subplots(1, 2, figsize=(12, 6))
     grouped = groups(trials)
     everything = [trial["recovery"] for trial in trials if trial["converged"]] or [0.0]
     edges = numpy.linspace(0.0, max(everything) * 1.05 + 0.01, HISTOGRAM_BINS + 1)
@@ -123,13 +123,13 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     cdf.set_ylim(0, 1.02)
     cdf.set_xlim(left=0)
     cdf.grid(alpha=0.3)
-    cdf.legend(fontsize=8, loc="lower right")
+    cdf.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: no curve hidden
     cdf.set_title("meshd chaos: recovery time (CDF)")
     histogram.set_xlabel("recovery time (s)")
     histogram.set_ylabel("trials")
     histogram.yaxis.set_major_locator(MaxNLocator(integer=True))
     histogram.grid(alpha=0.3)
-    histogram.legend(fontsize=8)
+    histogram.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     histogram.set_title(f"histogram, {len(trials)} trials")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
