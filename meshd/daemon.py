@@ -93,6 +93,7 @@ class Daemon:
             if peer != settings.index
         }
         self.supervisor.on_view_change = self._send_views
+        self.supervisor.on_view_needed = lambda peer: self.links[peer].send_view()
         self.supervisor.on_generation_change = self._drop_links
         self.mesh_address = config.cluster.peers[settings.index]
         self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()

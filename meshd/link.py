@@ -162,7 +162,7 @@ class PeerLink:
 
     async def _send_view(self, session: Session) -> None:
         try:
-            await session.conn.send_bytes(encode(self._supervisor.view()))
+            await session.conn.send_bytes(self._supervisor.view_frame())
         except LinkFailure as exc:
             session.fail(exc.reason)
 
