@@ -13,7 +13,8 @@ markdown-style table with its target and the load average beside it:
 3. idle: CPU time (``/proc/PID/stat``) and RSS of the daemons of a ready mesh over a quiet period;
 4. recovery after kill -9 of one or all daemons with an immediate restart, both epoch modes (bench_faults.py);
 5. detection of a SIGSTOPped daemon against the heartbeat timeout (bench_faults.py);
-6. gloo under the same faults (bench_gloo.py).
+6. gloo under the same faults (bench_gloo.py);
+7. the deterministic simulation: many seeds per cluster size, virtual time to converge (bench_sim.py).
 
 Every wait is bounded; a failed run prints the daemons' logs. Every process is killed between runs and on exit.
 """
@@ -39,6 +40,7 @@ from typing import Any
 
 import bench_faults
 import bench_gloo
+import bench_sim
 import trio
 from benchlib import (
     CLOCK_TICKS,
@@ -66,6 +68,7 @@ from benchlib import (
 
 from meshd import admin
 from meshd.config import Address
+from meshd.sim.campaign import Summary
 
 # Bounds on every wait.
 START_TIMEOUT = 30.0  # one daemon: spawn -> admin status answered
@@ -85,7 +88,7 @@ LOG_DAEMONS = 6  # daemons whose log tails are shown when a run fails
 # after 60 s. These let every size form; the heartbeat interval also cuts the background load by 4.
 FORMATION_TIMEOUTS = {"connect": 5.0, "handshake": 5.0, "heartbeat_interval": 1.0, "heartbeat_timeout": 5.0}
 # Every part, in the order they run; --only picks some.
-PARTS = ("start", "formation", "idle", "recovery", "detection", "gloo")
+PARTS = ("start", "formation", "idle", "recovery", "detection", "gloo", "sim")
 
 
 @dataclass
@@ -603,6 +606,8 @@ FULL: dict[str, Any] = {
     "gloo_sizes": [2, 4, 8, 16, 32],
     "gloo_repeats": 1,
     "gloo_kills": 3,
+    "sim_sizes": list(bench_sim.SIZES),
+    "sim_seeds": bench_sim.SEEDS,
 }
 QUICK: dict[str, Any] = {
     "sizes": [2, 4, 8],
@@ -616,6 +621,8 @@ QUICK: dict[str, Any] = {
     "gloo_sizes": [2, 4],
     "gloo_repeats": 1,
     "gloo_kills": 1,
+    "sim_sizes": [3, 8],
+    "sim_seeds": 20,
 }
 
 
@@ -642,6 +649,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gloo-sizes", type=sizes, help="gloo formation sizes (default 2,4,8,16,32: ~250 MiB a rank)")
     parser.add_argument("--gloo-repeats", type=positive_int, help="gloo formation repetitions per size (default 1)")
     parser.add_argument("--gloo-kills", type=positive_int, help="gloo kill-one trials, each bounded at 30 s (3)")
+    parser.add_argument("--sim-sizes", type=sizes, help="simulated cluster sizes (default 3,8,16)")
+    parser.add_argument("--sim-seeds", type=positive_int, help="simulation seeds per size (default 10000)")
     parser.add_argument("--seed", type=int, help="seed of the port and victim choices")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -664,6 +673,7 @@ class Results:
     detection: bench_faults.Detection | None = None
     gloo_kills: list[bench_gloo.GlooKill] = field(default_factory=list)
     gloo_detection: bench_gloo.GlooDetection | None = None
+    sim: list[tuple[Summary, float]] = field(default_factory=list)
 
     def sections(self, args: argparse.Namespace) -> list[str]:
         found = []
@@ -680,6 +690,8 @@ class Results:
             found.append(bench_faults.report_detection(self.detection))
         if self.gloo_kills or self.gloo_detection is not None:
             found.append(bench_gloo.report_gloo(self.gloo_kills, args.recovery_size, self.gloo_detection))
+        if self.sim:
+            found.append(bench_sim.report_sim(self.sim))
         return found
 
 
@@ -706,6 +718,8 @@ def measure(args: argparse.Namespace, results: Results, workdir: Path, ports: Po
         results.gloo_kills = bench_gloo.bench_kill_one(workdir, ports, args.recovery_size, args.gloo_kills, args.seed)
         if "detection" in args.only:
             results.gloo_detection = bench_gloo.bench_detection(workdir, ports, args.recovery_size, args.seed)
+    if "sim" in args.only:
+        results.sim = bench_sim.bench_sim(args.sim_sizes, args.sim_seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
