@@ -102,14 +102,18 @@ class FramedConnection:
 
 
 async def handshake(
-    stream: trio.abc.Stream, me: Identity, expected_peer: int | None, timeout: float
+    stream: trio.abc.Stream,
+    me: Identity,
+    expected_peer: int | None,
+    timeout: float,
+    holders: tuple[int, ...] | None = None,
 ) -> tuple[FramedConnection, Hello]:
-    """Run the hello exchange; the established connection and the peer's hello.
+    """Run the hello exchange; the established connection and the peer's hello (``holders``: see ``judge``).
 
     Raises LinkFailure (refused either way, garbage, timeout, transport error), Fenced or NewerGeneration; the
     stream is closed then.
     """
-    machine = Handshake(me, expected_peer)
+    machine = Handshake(me, expected_peer, holders)
     conn = FramedConnection(stream, machine.decoder)
     event: HandshakeEvent | None = None
     try:

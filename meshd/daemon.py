@@ -183,7 +183,8 @@ class Daemon:
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         """Handshake one inbound connection and hand it to its peer's link; garbage is closed and disturbs nothing."""
         try:
-            conn, hello = await handshake(stream, self.me, None, self.settings.config.timeouts.handshake)
+            timeout = self.settings.config.timeouts.handshake
+            conn, hello = await handshake(stream, self.me, None, timeout, self.supervisor.holders())
         except LinkFailure as exc:
             self.supervisor.inbound_refused(exc.reason)
             return

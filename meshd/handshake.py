@@ -75,8 +75,14 @@ class Judgement:
     detail: str = ""
 
 
-def judge(me: Identity, hello: Hello, expected_peer: int | None) -> Judgement:
-    """The verdict on a peer's hello. ``expected_peer`` is the index we dialed, or None for an accepted connection."""
+def judge(me: Identity, hello: Hello, expected_peer: int | None, holders: tuple[int, ...] | None = None) -> Judgement:
+    """The verdict on a peer's hello. ``expected_peer`` is the index we dialed, or None for an accepted connection.
+
+    ``holders`` (auto mode, only while our mesh is ready) are the incarnations we are linked to, slot by slot: a
+    newer generation offered by another incarnation of a held slot is a duplicate (a zombie, or a replacement
+    started while its predecessor still lives), and it may not break up a ready mesh. Once that link is down, the
+    same hello fences us as usual.
+    """
     if hello.version != PROTOCOL_VERSION:
         return Judgement(Verdict.REFUSE, RefuseReason.BAD_VERSION, f"peer speaks protocol version {hello.version}")
     if hello.cluster != me.cluster:
@@ -100,6 +106,10 @@ def judge(me: Identity, hello: Hello, expected_peer: int | None) -> Judgement:
     if hello.epoch < me.epoch:
         return Judgement(Verdict.REFUSE, RefuseReason.STALE_EPOCH, f"peer epoch {hello.epoch} is older than ours")
     if hello.epoch > me.epoch:
+        held_by = 0 if holders is None else holders[hello.sender]
+        if held_by not in (0, hello.incarnation):
+            detail = f"slot {hello.sender} is held by incarnation {held_by:016x} in our ready generation {me.epoch}"
+            return Judgement(Verdict.REFUSE, RefuseReason.RETIRED, detail)
         if me.auto and not me.sealed:
             return Judgement(Verdict.ADOPT, None, f"peer generation {hello.epoch} is newer than ours ({me.epoch})")
         return Judgement(Verdict.FENCE, None, f"peer epoch {hello.epoch} is newer than ours ({me.epoch})")
@@ -158,9 +168,10 @@ class Handshake:
     After ``Established``, ``decoder`` still holds whatever the peer sent after its hello; the link reads on from it.
     """
 
-    def __init__(self, me: Identity, expected_peer: int | None) -> None:
+    def __init__(self, me: Identity, expected_peer: int | None, holders: tuple[int, ...] | None = None) -> None:
         self.me = me
         self.expected_peer = expected_peer
+        self.holders = holders
         self.decoder = FrameDecoder()
         self.outcome: HandshakeEvent | None = None
         self._outgoing = bytearray(encode(me.hello(expected_peer)))
@@ -199,7 +210,7 @@ class Handshake:
             case Refuse():
                 return Rejected(frame.reason, frame.detail)
             case Hello():
-                judgement = judge(self.me, frame, self.expected_peer)
+                judgement = judge(self.me, frame, self.expected_peer, self.holders)
                 if judgement.verdict is Verdict.ACCEPT:
                     return Established(frame)
                 if judgement.verdict is Verdict.FENCE:

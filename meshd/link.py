@@ -221,7 +221,7 @@ class PeerLink:
                 raise LinkFailure(f"connect to {self.address} failed: {describe_os_error(exc)}") from exc
         if connecting.cancelled_caught:
             raise LinkFailure(f"connect to {self.address} timed out after {self._timeouts.connect}s")
-        return await handshake(stream, self.me, self.peer, self._timeouts.handshake)
+        return await handshake(stream, self.me, self.peer, self._timeouts.handshake, self._supervisor.holders())
 
     async def _run_session(self, session: Session) -> None:
         try:

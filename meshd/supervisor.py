@@ -206,6 +206,11 @@ class Supervisor:
         self._view = None
         self._view_frame = None
 
+    def holders(self) -> tuple[int, ...] | None:
+        """Auto mode, while ready: the incarnations of our mesh, which a duplicate's newer generation may not break
+        up (``handshake.judge``). None otherwise: a newer generation then fences or is adopted as usual."""
+        return self.view().incarnations if self.me.auto and self.state is MeshState.READY else None
+
     def _full(self) -> bool:
         return all(peer.state is PeerState.UP for peer in self.peers.values())
 

@@ -13,6 +13,7 @@ Exits 0 when every trial converged with no violation, 1 otherwise, 2 on a usage 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import random
 import shutil
@@ -25,11 +26,13 @@ from typing import Any
 
 import trio
 
+from meshd.bounds import liveness_bound
+from meshd.config import Timeouts
 from meshd.orchestrator import RESTART_DELAY
 from scripts.chaos_faults import plan
 from scripts.chaos_netns import LOOPBACK, Hosts, Namespaces, NetError, clean_stale, netns_unavailable
 from scripts.chaos_report import plot, summarize, table, write_json
-from scripts.chaos_trial import Trial, TrialSpec, design_bound
+from scripts.chaos_trial import Trial, TrialSpec
 
 MODES = ("fixed", "auto")
 NETS = ("loopback", "netns")
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         removed = clean_stale()
         if removed:
             say(f"removed namespaces and links of dead runs: {', '.join(removed)}")
-    bound = design_bound(TIMEOUTS, args.size, RESTART_DELAY, args.start_time, DELTA)
+    timeouts = Timeouts(**TIMEOUTS)
+    bound = math.ceil(100 * liveness_bound(timeouts, args.size, RESTART_DELAY, args.start_time, DELTA)) / 100  # B, up
     settings = {
         "size": args.size,
         "faults_per_trial": args.faults,

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -584,11 +583,3 @@ class Trial:
             self.checker.exits_after_last_fault(
                 {slot: sum(p.slot == slot for p in late) for slot in range(self.spec.size)}, now
             )
-
-
-def design_bound(timeouts: dict[str, float], size: int, restart_delay: float, start_time: float, delta: float) -> float:
-    """B = H + 2·(D + S) + (N + 2)·(b + c + h) + h + 2δ (docs/design.md §5)."""
-    h = timeouts["handshake"]
-    per_dial = timeouts["backoff_max"] + timeouts["connect"] + h
-    bound = timeouts["heartbeat_timeout"] + 2 * (restart_delay + start_time) + (size + 2) * per_dial + h + 2 * delta
-    return math.ceil(bound * 100) / 100

@@ -7,6 +7,7 @@ the other by hand, so every test controls exactly which bytes arrive and when.
 import itertools
 
 import pytest
+from attrs import evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,6 +81,40 @@ def test_newer_peer_epoch_fences():
     judgement = judge(identity(0, epoch=5), hello(epoch=6), 1)
     assert (judgement.verdict, judgement.reason) == (Verdict.FENCE, None)
     assert "6" in judgement.detail
+
+
+def sealed_auto(index=0, *, epoch=5):
+    me = identity(index, epoch=epoch)
+    return evolve(me, auto=True, sealed=True, members=(1000, 77, 1002))
+
+
+def auto_hello(*, epoch, incarnation, sender=1):
+    return Hello("demo", sender, 0, Epoch(epoch), incarnation, auto=True)
+
+
+@pytest.mark.parametrize("expected_peer", [1, None], ids=["dialed", "accepted"])
+def test_a_ready_mesh_refuses_a_newer_generation_from_a_duplicate_of_a_held_slot(expected_peer):
+    """The holders of a ready mesh (auto) are not broken up by another incarnation of a slot they hold."""
+    me = sealed_auto()
+    holders = (1000, 77, 1002)  # we are linked to incarnation 77 in slot 1
+    judgement = judge(me, auto_hello(epoch=6, incarnation=99), expected_peer, holders)
+    assert (judgement.verdict, judgement.reason) == (Verdict.REFUSE, RefuseReason.RETIRED)
+    assert "held by incarnation" in judgement.detail
+
+
+def test_a_ready_mesh_still_fences_on_a_newer_generation_from_its_own_member_or_when_not_ready():
+    me = sealed_auto()
+    holders = (1000, 77, 1002)
+    assert judge(me, auto_hello(epoch=6, incarnation=77), 1, holders).verdict is Verdict.FENCE  # the member itself
+    assert judge(me, auto_hello(epoch=6, incarnation=99), 1, None).verdict is Verdict.FENCE  # not ready: no holders
+    assert judge(me, auto_hello(epoch=6, incarnation=99), 1, (1000, 0, 1002)).verdict is Verdict.FENCE  # slot down
+
+
+def test_holders_change_nothing_for_equal_or_older_generations():
+    me = sealed_auto()
+    holders = (1000, 77, 1002)
+    assert judge(me, auto_hello(epoch=5, incarnation=99), 1, holders).reason is RefuseReason.SEALED
+    assert judge(me, auto_hello(epoch=4, incarnation=99), 1, holders).reason is RefuseReason.STALE_EPOCH
 
 
 def test_two_part_epochs_compare_lexicographically_in_judge():

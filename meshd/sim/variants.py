@@ -34,8 +34,10 @@ def no_epoch_check() -> Iterator[None]:
     """Hellos are judged, and links installed, as if the peer's epoch were ours: old and new incarnations mesh."""
 
     def judge(original: Callable[..., Judgement]) -> Callable[..., Judgement]:
-        def blind(me: Identity, hello: Hello, expected_peer: int | None) -> Judgement:
-            return original(evolve(me, epoch=hello.epoch), hello, expected_peer)
+        def blind(
+            me: Identity, hello: Hello, expected_peer: int | None, holders: tuple[int, ...] | None = None
+        ) -> Judgement:
+            return original(evolve(me, epoch=hello.epoch), hello, expected_peer, holders)
 
         return blind
 

@@ -19,7 +19,8 @@ import trio.testing
 from attrs import define, field
 from loguru import logger
 
-from meshd.config import Address, Config, Timeouts, structure
+from meshd.bounds import liveness_bound
+from meshd.config import Address, Config, structure
 from meshd.daemon import Daemon, Settings
 from meshd.errors import BindError
 from meshd.net import BIND_RETRY_INTERVAL
@@ -56,20 +57,6 @@ HOLD_TIMEOUTS = 2
 POLL = 0.01
 # Wall clocks read like the Unix time of late 2026 plus the virtual time and the slot's skew.
 WALL_CLOCK_BASE = 1_795_000_000.0
-
-
-def liveness_bound(timeouts: Timeouts, size: int) -> float:
-    """The design's B (docs/design.md §5) for these timeouts, the sim's restart delay and its network."""
-    start = BIND_RETRY_INTERVAL  # S: a simulated start is a bind, retried once if the old port lingers
-    delta = BASE_LATENCY[1]
-    per_attempt = timeouts.backoff_max + timeouts.connect + timeouts.handshake
-    return (
-        timeouts.heartbeat_timeout
-        + 2 * (RESTART_DELAY + start)
-        + (size + 2) * per_attempt
-        + timeouts.handshake
-        + 2 * delta
-    )
 
 
 @contextlib.contextmanager
@@ -159,7 +146,10 @@ class World:
         self.config: Config = structure(
             {"cluster": {"name": "sim", "peers": [str(address) for address in addresses]}, "timeouts": TIMEOUTS}
         )
-        self.bound = liveness_bound(self.config.timeouts, self.size)
+        # S: a simulated start is a bind, retried once if the old port lingers; δ: a timely network's latency.
+        self.bound = liveness_bound(
+            self.config.timeouts, self.size, RESTART_DELAY, BIND_RETRY_INTERVAL, BASE_LATENCY[1]
+        )
         self._rng = random.Random(f"world/{schedule.seed}")
         self.net = SimNetwork(random.Random(f"net/{schedule.seed}"), BASE_LATENCY)
         self.skews = list(schedule.clock_skews)
