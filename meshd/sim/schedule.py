@@ -51,6 +51,14 @@ class Lasting(Fault):
         return self.at + self.duration
 
 
+# What the controller gives a crashed slot's replacement (fixed mode), as the schedule says it.
+RESTART_EPOCHS = {
+    "newer": "a newer epoch",
+    "older": "an epoch older than the cluster's (a controller bug: it must be fenced)",
+    "equal": "the dead process's own epoch (a controller that breaks A4)",
+}
+
+
 @frozen
 class Crash(Fault):
     """kill -9 (the kernel closes the sockets) or, ``silent``, the whole host dies (nobody answers)."""
@@ -61,7 +69,7 @@ class Crash(Fault):
 
     def describe(self) -> str:
         how = "host crash (silent)" if self.silent else "kill -9"
-        given = f", restarted with an {self.restart_epoch} epoch than the cluster's" if self.restart_epoch else ""
+        given = f", restarted with {RESTART_EPOCHS[self.restart_epoch]}" if self.restart_epoch else ""
         return f"{how} of slot {self.slot}{given}"
 
 
