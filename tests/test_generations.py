@@ -73,15 +73,6 @@ def record_timing(scenario: str, **numbers: Any) -> None:
             file.write(json.dumps({"scenario": scenario, **numbers}) + "\n")
 
 
-@pytest.fixture
-def harness(tmp_path):
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
 # ----- the orchestrator
 
 

@@ -11,9 +11,8 @@ Timeouts are multiples of 1/8 s so that every timer lands exactly on the float g
 from __future__ import annotations
 
 import random
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,9 +23,12 @@ from meshd.daemon import Daemon, Settings
 from meshd.protocol import Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
 from meshd.simnet import MemoryNetwork
 from meshd.supervisor import EXIT_FENCED, MeshState, PeerState
+from tests.virtual import address
 
 CLUSTER = "virtual-generations"
 # Wall clock (seconds) of a host whose clock is right, at virtual time 0: late 2026, as the real-process tests see.
+pytestmark = pytest.mark.usefixtures("wall_clock_guard")  # tests/conftest.py
+
 NOW = 1_795_600_000.0
 HOUR = 3600.0
 RESTART_DELAY = 0.2
@@ -34,8 +36,6 @@ RESTART_DELAY = 0.2
 RECOVERY = 30.0
 # Virtual seconds a settled cluster must then stay as it is.
 SETTLE = 2.0
-# Real seconds any one test may take: a livelock never lets virtual time move, so no trio timeout would fire.
-WALL_CLOCK_LIMIT = 30
 # Real seconds virtual time may stand still before the watchdog calls it a livelock, and how often it looks.
 STALL_LIMIT = 3.0
 WATCHDOG_PERIOD = 0.25
@@ -70,26 +70,6 @@ async def virtual_time_watchdog(real_limit: float = STALL_LIMIT) -> None:
         stalled += WATCHDOG_PERIOD
         if stalled >= real_limit:
             raise Livelock(f"virtual time stood still at {now} for {real_limit} real seconds")
-
-
-@pytest.fixture(autouse=True)
-def wall_clock_guard() -> Iterator[None]:
-    """Last resort: fail a test that livelocks in one virtual instant instead of hanging the suite."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise Livelock("real-time limit of the test reached: livelock at one virtual instant?")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, WALL_CLOCK_LIMIT, 1.0)  # again every second: a task may swallow one
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def address(index: int) -> Address:
-    return Address(f"10.0.0.{index}", 7000)
 
 
 def make_config(size: int, **timeouts: float) -> Config:

@@ -30,15 +30,6 @@ SETTLE = 1.0
 DISTURBANCES = ("link_down", "degraded", "forming", "fenced", "peer_restarted", "stopping")
 
 
-@pytest.fixture
-def harness(tmp_path):
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
 def assert_full_mesh(harness: Harness, daemons, statuses, epoch: int) -> None:
     """Every daemon is ready at ``epoch`` and sees every other daemon up, as the process that really runs it."""
     incarnations = {status["index"]: status["incarnation"] for status in statuses}

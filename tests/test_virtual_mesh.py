@@ -1,4 +1,5 @@
-"""Real daemons on the in-memory network, in trio's virtual time: mesh forming, failure detection, fencing.
+"""Real daemons on the in-memory network, in trio's virtual time: mesh forming, failure detection, fencing,
+replaced incarnations, orderly stops (bad input from strangers: test_virtual_inputs.py).
 
 Every test runs under pytest-trio's ``autojump_clock`` (a MockClock that jumps as soon as every task is blocked),
 so seconds of protocol time pass in milliseconds and timer behaviour can be asserted to the exact virtual instant.
@@ -7,9 +8,6 @@ so seconds of protocol time pass in milliseconds and timer behaviour can be asse
 from __future__ import annotations
 
 import itertools
-import signal
-import struct
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -18,14 +16,11 @@ from meshd.config import Address
 from meshd.connection import PARTING_TIMEOUT
 from meshd.daemon import STOP_GRACE
 from meshd.protocol import (
-    MAX_FRAME_SIZE,
     NO_TARGET,
     Epoch,
     FrameDecoder,
     Heartbeat,
     Hello,
-    Refuse,
-    RefuseReason,
     View,
     encode,
 )
@@ -33,11 +28,13 @@ from meshd.supervisor import EXIT_FENCED, EXIT_OK, FENCE_LINGER, MeshState, Peer
 from tests.virtual import (
     CLUSTER,
     EPS,
+    FORM_WITHIN,
     STAGGER,
     Node,
     TracingNetwork,
     address,
     all_ready,
+    link_snapshot,
     make_config,
     make_daemon,
     read_until_eof,
@@ -46,31 +43,7 @@ from tests.virtual import (
     wait_until,
 )
 
-# Real seconds any one test may take. Virtual time cannot bound a livelock (tasks that never block never let the
-# clock jump, so no trio timeout fires), e.g. two daemons replacing each other's connections forever.
-WALL_CLOCK_LIMIT = 30
-# Virtual seconds within which a fresh mesh on the in-memory network must be ready (it takes a few milliseconds).
-FORM_WITHIN = 2.0
-
-
-class WallClockExpired(BaseException):
-    """Not an Exception (let alone the OSError that TimeoutError is): no handler in the daemon may swallow it."""
-
-
-@pytest.fixture(autouse=True)
-def wall_clock_guard() -> Iterator[None]:
-    """Fail a test that livelocks in one virtual instant instead of hanging the suite."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise WallClockExpired(f"over {WALL_CLOCK_LIMIT} s of real time: a livelock at one virtual instant?")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, WALL_CLOCK_LIMIT, 1)  # and again every second, should one be lost
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("wall_clock_guard")
 
 
 def pairs(size: int) -> list[tuple[int, int]]:
@@ -83,15 +56,6 @@ LINK_EVENTS = ("link_up", "link_down", "peer_restarted")
 def link_events(events: list[tuple[float, dict[str, object]]]) -> list[tuple[float, dict[str, object]]]:
     """The events about links, leaving out those about the mesh state."""
     return [(when, event) for when, event in events if event["event"] in LINK_EVENTS]
-
-
-def link_snapshot(nodes: list[Node]) -> dict[tuple[int, int], tuple[object, int, int]]:
-    """(node, peer) -> (session object, connects, failures)."""
-    return {
-        (node.index, peer): (node.session(peer), status.connects, status.failures)
-        for node in nodes
-        for peer, status in node.daemon.supervisor.peers.items()
-    }
 
 
 def assert_one_connection_per_pair(net: TracingNetwork, nodes: list[Node]) -> None:
@@ -442,122 +406,6 @@ async def test_a_stale_daemon_fences_itself_and_the_ready_mesh_never_notices(aut
             assert node.events[count:] == [], f"node {node.index} saw {node.events[count:]}"
             assert node.state is MeshState.READY
         assert link_snapshot(nodes) == before
-        nursery.cancel_scope.cancel()
-
-
-def bad_inputs() -> list[object]:
-    other_cluster = encode(Hello("other", 1, 0, Epoch(1), 0xE1))
-    return [
-        pytest.param(b"GET / HTTP/1.1\r\nHost: meshd\r\n\r\n", RefuseReason.PROTOCOL_ERROR, id="http"),
-        pytest.param(b"\x00\x00\x00\x04\xee\x01\x02\x03", RefuseReason.PROTOCOL_ERROR, id="unknown-frame-type"),
-        pytest.param(struct.pack(">I", MAX_FRAME_SIZE + 1), RefuseReason.PROTOCOL_ERROR, id="oversize-length"),
-        pytest.param(encode(Heartbeat()), RefuseReason.PROTOCOL_ERROR, id="heartbeat-before-hello"),
-        pytest.param(other_cluster, RefuseReason.WRONG_CLUSTER, id="other-cluster"),
-        pytest.param(encode(Hello(CLUSTER, 1, 0, Epoch(1), 0xE1, version=9)), RefuseReason.BAD_VERSION, id="version"),
-        pytest.param(encode(Hello(CLUSTER, 7, 0, Epoch(1), 0xE1)), RefuseReason.WRONG_INDEX, id="unknown-index"),
-        pytest.param(encode(Hello(CLUSTER, 0, 0, Epoch(1), 0xE1)), RefuseReason.WRONG_INDEX, id="own-index"),
-        pytest.param(encode(Hello(CLUSTER, 1, 0, Epoch(0), 0xE1)), RefuseReason.STALE_EPOCH, id="stale-epoch"),
-        pytest.param(encode(Hello(CLUSTER, 1, 0, Epoch(1), 0xE1, auto=True)), RefuseReason.WRONG_MODE, id="auto-mode"),
-        pytest.param(encode(Hello(CLUSTER, 1, 0, Epoch(1), 0xE1))[:20], None, id="half-hello"),
-        pytest.param(b"", None, id="silence"),
-    ]
-
-
-@pytest.mark.parametrize(("data", "refusal"), bad_inputs())
-async def test_bad_input_is_closed_within_the_handshake_timeout_and_disturbs_nothing(autojump_clock, data, refusal):
-    net = TracingNetwork()
-    config = make_config(3, handshake=1.0)
-    async with trio.open_nursery() as nursery:
-        nodes = await start_mesh(nursery, net, config)
-        await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
-        await trio.sleep(0.5)
-        events_before = [len(node.events) for node in nodes]
-        before = link_snapshot(nodes)
-        stream = await net.for_node(Address("10.0.66.6", 4242)).connect(address(0))
-        connected_at = trio.current_time()
-        if data:
-            await stream.send_all(data)
-        decoder = FrameDecoder()
-        with trio.fail_after(config.timeouts.handshake + EPS):
-            frames = await read_until_eof(stream, decoder)
-        closed_at = trio.current_time()
-        # The daemon always says hello first; garbage and bad hellos get a refusal naming why, then the close.
-        assert isinstance(frames[0], Hello) and frames[0].sender == 0
-        if refusal is None:
-            assert frames[1:] == []
-            assert closed_at == pytest.approx(connected_at + config.timeouts.handshake, abs=EPS)
-        else:
-            [refuse] = frames[1:]
-            assert isinstance(refuse, Refuse) and refuse.reason is refusal
-            assert closed_at == pytest.approx(connected_at, abs=EPS)
-        await stream.aclose()
-        await trio.sleep(2 * config.timeouts.heartbeat_timeout)
-        for node, count in zip(nodes, events_before, strict=True):
-            assert node.events[count:] == [], f"node {node.index} saw {node.events[count:]}"
-        assert all_ready(nodes)
-        assert link_snapshot(nodes) == before
-        nursery.cancel_scope.cancel()
-
-
-async def test_overlapping_bad_connections_to_every_daemon_disturb_nothing(autojump_clock):
-    """Every kind of bad input, to every daemon, all open at once: each is closed in time, the mesh stays ready."""
-    net = TracingNetwork()
-    config = make_config(3, handshake=1.0)
-    inputs = [param.values[0] for param in bad_inputs()]  # type: ignore[attr-defined]
-    async with trio.open_nursery() as nursery:
-        nodes = await start_mesh(nursery, net, config)
-        await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
-        await trio.sleep(0.5)
-        events_before = [len(node.events) for node in nodes]
-        before = link_snapshot(nodes)
-        open_for: list[float] = []
-
-        async def bad_client(target: int, data: bytes) -> None:
-            stream = await net.for_node(Address("10.0.66.6", 4242)).connect(address(target))
-            connected_at = trio.current_time()
-            if data:
-                await stream.send_all(data)
-            await read_until_eof(stream, FrameDecoder())
-            open_for.append(trio.current_time() - connected_at)
-            await stream.aclose()
-
-        async with trio.open_nursery() as clients:
-            for target, data in itertools.product(range(3), inputs):
-                clients.start_soon(bad_client, target, data)
-        assert len(open_for) == 3 * len(inputs)
-        assert max(open_for) <= config.timeouts.handshake + EPS
-        await trio.sleep(2 * config.timeouts.heartbeat_timeout)
-        for node, count in zip(nodes, events_before, strict=True):
-            assert node.events[count:] == []
-        assert link_snapshot(nodes) == before
-        nursery.cancel_scope.cancel()
-
-
-async def test_simultaneous_connects_to_a_listening_daemon_are_accepted(autojump_clock):
-    """A listening host queues simultaneous connections (the listen backlog); none is refused.
-
-    (The in-memory listener once handed a connection only to an accept() already waiting, so the second of two
-    connects in one scheduling step was refused by a listening daemon.)
-    """
-    net = TracingNetwork()
-    config = make_config(2)
-    async with trio.open_nursery() as nursery:
-        await start_node(nursery, make_daemon(net, config, 0))
-        await trio.sleep(0.5)
-        refused: list[str] = []
-
-        async def client(number: int) -> None:
-            try:
-                stream = await net.for_node(Address("10.0.66.6", 5000 + number)).connect(address(0))
-            except ConnectionRefusedError as exc:
-                refused.append(f"client {number}: {exc.strerror}")
-            else:
-                await stream.aclose()
-
-        async with trio.open_nursery() as clients:
-            for number in range(3):
-                clients.start_soon(client, number)
-        assert refused == []
         nursery.cancel_scope.cancel()
 
 

@@ -28,6 +28,8 @@ STAGGER = 0.001
 # A daemon publishing this many events without virtual time moving is in a loop that never waits (nothing a
 # correct daemon does comes near it); the test fails at once instead of spinning until the wall-clock guard.
 STORM_EVENTS = 100
+# Virtual seconds within which a fresh mesh on the in-memory network must be ready (it takes a few milliseconds).
+FORM_WITHIN = 2.0
 # Tolerance for comparing virtual times computed along different float paths (sums of intervals vs deadlines).
 EPS = 1e-9
 
@@ -292,3 +294,12 @@ async def read_until_eof(stream: trio.abc.Stream, decoder: FrameDecoder) -> list
             frames.append(frame)
         if not data:
             return frames
+
+
+def link_snapshot(nodes: Sequence[Node]) -> dict[tuple[int, int], tuple[object, int, int]]:
+    """(node, peer) -> (session object, connects, failures)."""
+    return {
+        (node.index, peer): (node.session(peer), status.connects, status.failures)
+        for node in nodes
+        for peer, status in node.daemon.supervisor.peers.items()
+    }
