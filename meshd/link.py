@@ -146,13 +146,20 @@ class PeerLink:
         """End the current link now (its generation is over); the dial loop starts again at once."""
         session = self._session
         if session is not None:
-            self._session = None
-            self._retired.clear()  # as when a link fails: retirement lasts only as long as the replacement's link
             session.proven = True  # the link did nothing wrong: redial at once, in the new generation
             session.fail(reason)
-            self._supervisor.link_down(self.peer, reason)
             self._backoff.reset()
-            self._went_down.set()
+            self._link_ended(reason)
+
+    def _link_ended(self, reason: str) -> None:
+        """The current session is no longer the link (it failed, or the generation moved on)."""
+        self._session = None
+        # Retirement holds only while the replacement holds the link: which incarnation reached us last says
+        # nothing about which is newer (a zombie can arrive after its replacement), so once the link is gone,
+        # any incarnation may take it again and the tie-break decides afresh.
+        self._retired.clear()
+        self._supervisor.link_down(self.peer, reason)
+        self._went_down.set()
 
     def send_view(self) -> None:
         """Tell the peer our current view (the frame is built when it is sent, so the latest view always wins)."""
@@ -232,13 +239,7 @@ class PeerLink:
         finally:  # also when the whole daemon is cancelled (fence, stop, or an embedding program's scope)
             await session.conn.aclose()
         if self._session is session:
-            self._session = None
-            # Retirement holds only while the replacement holds the link: which incarnation reached us last says
-            # nothing about which is newer (a zombie can arrive after its replacement), so once the link is gone,
-            # any incarnation may take it again and the tie-break decides afresh.
-            self._retired.clear()
-            self._supervisor.link_down(self.peer, session.failure or "link closed")
-            self._went_down.set()
+            self._link_ended(session.failure or "link closed")
 
     async def _send_heartbeats(self, session: Session) -> None:
         """Send a heartbeat now, then on a grid of the interval shared by every link (and, on one host, every
