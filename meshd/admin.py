@@ -26,10 +26,10 @@ from trio_websocket import (
     open_websocket,
 )
 
-from meshd.config import Address
+from meshd.core.address import Address
+from meshd.core.wire import U64_MAX, Epoch
 from meshd.errors import AdminUnreachable
 from meshd.net import describe_os_error
-from meshd.protocol import U64_MAX, Epoch
 from meshd.supervisor import Supervisor
 
 # A request is a tiny JSON object; refuse anything bigger before parsing it.

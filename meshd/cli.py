@@ -20,11 +20,12 @@ from attrs import evolve
 from loguru import logger
 
 from meshd import config as configuration
-from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, Address
+from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS
+from meshd.core.address import Address
+from meshd.core.wire import U64_MAX, Epoch
 from meshd.daemon import Settings
 from meshd.errors import AdminUnreachable, BindError, ConfigError
 from meshd.logs import configure
-from meshd.protocol import U64_MAX, Epoch
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

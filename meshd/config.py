@@ -14,40 +14,18 @@ from typing import Any, TypeVar, get_origin
 
 import attrs
 import cattrs
-from attrs import asdict, define, field, frozen
+from attrs import asdict, define, field
 from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
+from meshd.core.address import Address
+from meshd.core.wire import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
 from meshd.errors import ConfigError
-from meshd.protocol import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 DEFAULT_ADMIN_PORT = 7100
-
-
-@frozen(order=True)
-class Address:
-    """A TCP endpoint, written ``host:port`` (``[v6addr]:port`` for IPv6)."""
-
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        number = int(port)
-        if not 0 <= number <= 65535:
-            raise ValueError(f"port {number} is outside 0..65535")
-        return cls(host, number)
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @define

@@ -10,10 +10,10 @@ from contextlib import suppress
 
 import trio
 
+from meshd.core.wire import Frame, FrameDecoder, Hello, encode
 from meshd.errors import Fenced, LinkFailure, MeshdError, NewerGeneration, RemoteProtocolError
 from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustAdopt, MustFence, Refused, Rejected
 from meshd.net import describe_os_error
-from meshd.protocol import Frame, FrameDecoder, Hello, encode
 
 # Bytes asked of the transport per read; frames are tiny, this only bounds one read.
 RECEIVE_CHUNK = 64 * 1024

@@ -20,15 +20,16 @@ import trio
 from attrs import evolve, frozen
 from loguru import logger
 
-from meshd import generation
 from meshd.admin import serve_admin
-from meshd.config import Address, Config
+from meshd.config import Config
 from meshd.connection import handshake
+from meshd.core import generation
+from meshd.core.address import Address
+from meshd.core.wire import Epoch
 from meshd.errors import BindError, Fenced, LinkFailure, NewerGeneration
 from meshd.handshake import Identity
 from meshd.link import PeerLink
 from meshd.net import Network, TcpNetwork, bind_with_retry
-from meshd.protocol import Epoch
 from meshd.supervisor import Supervisor
 
 # The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.

@@ -24,8 +24,7 @@ import enum
 
 from attrs import frozen
 
-from meshd.errors import RemoteProtocolError
-from meshd.protocol import (
+from meshd.core.wire import (
     NO_TARGET,
     PROTOCOL_VERSION,
     Epoch,
@@ -36,6 +35,7 @@ from meshd.protocol import (
     UnsupportedVersion,
     encode,
 )
+from meshd.errors import RemoteProtocolError
 
 
 @frozen

@@ -13,13 +13,14 @@ import random
 import trio
 from attrs import define, field
 
-from meshd.backoff import Backoff
-from meshd.config import Address, Timeouts
+from meshd.config import Timeouts
 from meshd.connection import FramedConnection, handshake
+from meshd.core.address import Address
+from meshd.core.backoff import Backoff
+from meshd.core.wire import Goodbye, Heartbeat, Hello, Refuse, RefuseReason, View, encode
 from meshd.errors import Fenced, LinkFailure, NewerGeneration
 from meshd.handshake import Identity, LinkOrigin, replaces
 from meshd.net import Network, describe_os_error
-from meshd.protocol import Goodbye, Heartbeat, Hello, Refuse, RefuseReason, View, encode
 from meshd.supervisor import Supervisor
 
 # A heartbeat never changes: encode it once.

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-from meshd.config import Address
+from meshd.core.address import Address
 from meshd.errors import BindError
 
 # How often a busy port is tried again while the bind period lasts.

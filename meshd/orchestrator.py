@@ -24,7 +24,7 @@ import trio
 from attrs import define, field, frozen
 
 from meshd import admin
-from meshd.config import Address
+from meshd.core.address import Address
 from meshd.errors import AdminUnreachable
 from meshd.supervisor import EXIT_FENCED
 

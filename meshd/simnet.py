@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import trio
 import trio.testing
 
-from meshd.config import Address
+from meshd.core.address import Address
 
 # Connections that may wait for accept(), as the kernel's listen backlog allows; beyond it, connects are refused.
 LISTEN_BACKLOG = 128

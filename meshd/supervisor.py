@@ -20,10 +20,10 @@ import trio
 from attrs import define, evolve
 from loguru import logger
 
-from meshd.config import Address
+from meshd.core.address import Address
+from meshd.core.wire import Epoch, Hello, View, encode
 from meshd.errors import Fenced, NewerGeneration
 from meshd.handshake import Identity
-from meshd.protocol import Epoch, Hello, View, encode
 
 EXIT_OK = 0
 EXIT_FENCED = 75

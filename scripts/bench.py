@@ -64,7 +64,7 @@ from benchlib import (
 )
 
 from meshd import admin
-from meshd.config import Address
+from meshd.core.address import Address
 from meshd.sim.campaign import Summary
 
 # Bounds on every wait.

@@ -46,7 +46,8 @@ from benchlib import (
 )
 
 from meshd import admin
-from meshd.config import Address, Timeouts
+from meshd.config import Timeouts
+from meshd.core.address import Address
 from meshd.supervisor import EXIT_FENCED
 
 # Bounds on every wait.

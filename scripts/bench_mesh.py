@@ -35,7 +35,7 @@ from benchlib import (
 )
 
 from meshd import admin
-from meshd.config import Address
+from meshd.core.address import Address
 
 # Bound on every wait of a mesh: spawn -> every daemon ready.
 READY_TIMEOUT = 60.0  # a mesh: spawn -> every daemon ready

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from meshd.config import Address
+from meshd.core.address import Address
 
 HOST = "127.0.0.1"
 # Fresh ports come from below the kernel's ephemeral range, so that no outgoing connection can hold one.

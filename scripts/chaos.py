@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
-from meshd.bounds import liveness_bound
 from meshd.config import Timeouts
+from meshd.core.bounds import liveness_bound
 from meshd.orchestrator import RESTART_DELAY
 from scripts.chaos_faults import plan
 from scripts.chaos_netns import LOOPBACK, Hosts, Namespaces, NetError, clean_stale, netns_unavailable

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 
-from meshd.config import Address
+from meshd.core.address import Address
 
 LOOPBACK = "127.0.0.1"
 # Every namespace and root-namespace link of a run starts with this, followed by the runner's pid.

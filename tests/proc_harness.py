@@ -26,7 +26,7 @@ from typing import IO, Any, NoReturn
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
-from meshd.config import Address
+from meshd.core.address import Address
 
 HOST = "127.0.0.1"
 # Upper bound of every wait: generous, because CI runs on a busy 2-core machine.

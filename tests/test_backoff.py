@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.backoff import JITTER_FLOOR, Backoff
+from meshd.core.backoff import JITTER_FLOOR, Backoff
 
 
 class FixedRandom:

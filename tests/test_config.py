@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from meshd import cli, config
-from meshd.config import Address, Config
+from meshd.config import Config
+from meshd.core.address import Address
+from meshd.core.wire import Epoch
 from meshd.errors import ConfigError
 from meshd.handshake import Identity
-from meshd.protocol import Epoch
 from meshd.supervisor import Supervisor
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.toml"))

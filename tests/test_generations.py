@@ -28,10 +28,10 @@ import trio
 
 from meshd import admin
 from meshd import config as configuration
+from meshd.core.wire import Epoch
 from meshd.daemon import Daemon as InProcessDaemon
 from meshd.daemon import Settings
 from meshd.errors import Fenced
-from meshd.protocol import Epoch
 from meshd.supervisor import FENCE_LINGER
 from tests.proc_harness import (
     ADMIN_ERRORS,

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from meshd.config import Address, Config, structure
+from meshd.config import Config, structure
+from meshd.core.address import Address
+from meshd.core.wire import Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
 from meshd.daemon import Daemon, Settings
-from meshd.protocol import Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
 from meshd.simnet import MemoryNetwork
 from meshd.supervisor import EXIT_FENCED, MeshState, PeerState
 from tests.virtual import address

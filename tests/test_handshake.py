@@ -11,6 +11,18 @@ from attrs import evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshd.core.wire import (
+    NO_TARGET,
+    PROTOCOL_VERSION,
+    Epoch,
+    FrameDecoder,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Refuse,
+    RefuseReason,
+    encode,
+)
 from meshd.handshake import (
     Established,
     Handshake,
@@ -23,18 +35,6 @@ from meshd.handshake import (
     Verdict,
     judge,
     replaces,
-)
-from meshd.protocol import (
-    NO_TARGET,
-    PROTOCOL_VERSION,
-    Epoch,
-    FrameDecoder,
-    Goodbye,
-    Heartbeat,
-    Hello,
-    Refuse,
-    RefuseReason,
-    encode,
 )
 
 

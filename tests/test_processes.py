@@ -11,8 +11,8 @@ import time
 import pytest
 import trio
 
-from meshd.config import Address
-from meshd.protocol import MAX_FRAME_SIZE, FrameDecoder, Hello, Refuse, RefuseReason
+from meshd.core.address import Address
+from meshd.core.wire import MAX_FRAME_SIZE, FrameDecoder, Hello, Refuse, RefuseReason
 from tests.proc_harness import (
     HOST,
     Harness,

@@ -1,4 +1,4 @@
-"""The wire format (meshd.protocol): frame round trips, the stream decoder, malformed input, and Epoch.
+"""The wire format (meshd.core.wire): frame round trips, the stream decoder, malformed input, and Epoch.
 
 Malformed frames are built by hand with ``raw_frame`` so that each test states the exact bytes a peer sent.
 """
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.errors import LocalProtocolError, RemoteProtocolError
-from meshd.protocol import (
+from meshd.core.wire import (
     MAGIC,
     MAX_FRAME_SIZE,
     MAX_NAME_BYTES,
@@ -29,6 +28,7 @@ from meshd.protocol import (
     View,
     encode,
 )
+from meshd.errors import LocalProtocolError, RemoteProtocolError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers and strategies

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshd.config import Address
+from meshd.core.address import Address
 from meshd.sim.campaign import Summary, run_seed, run_seeds
 from meshd.sim.network import Attachment, SimNetwork
 from meshd.sim.schedule import generate

@@ -9,8 +9,8 @@ import struct
 import pytest
 import trio
 
-from meshd.config import Address
-from meshd.protocol import MAX_FRAME_SIZE, Epoch, FrameDecoder, Heartbeat, Hello, Refuse, RefuseReason, encode
+from meshd.core.address import Address
+from meshd.core.wire import MAX_FRAME_SIZE, Epoch, FrameDecoder, Heartbeat, Hello, Refuse, RefuseReason, encode
 from tests.virtual import (
     CLUSTER,
     EPS,

@@ -12,10 +12,9 @@ import itertools
 import pytest
 import trio
 
-from meshd.config import Address
 from meshd.connection import PARTING_TIMEOUT
-from meshd.daemon import STOP_GRACE
-from meshd.protocol import (
+from meshd.core.address import Address
+from meshd.core.wire import (
     NO_TARGET,
     Epoch,
     FrameDecoder,
@@ -24,6 +23,7 @@ from meshd.protocol import (
     View,
     encode,
 )
+from meshd.daemon import STOP_GRACE
 from meshd.supervisor import EXIT_FENCED, EXIT_OK, FENCE_LINGER, MeshState, PeerState
 from tests.virtual import (
     CLUSTER,

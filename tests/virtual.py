@@ -15,10 +15,11 @@ import trio
 import trio.testing
 from attrs import define, field
 
-from meshd.config import Address, Config, structure
+from meshd.config import Config, structure
+from meshd.core.address import Address
+from meshd.core.wire import Epoch, Frame, FrameDecoder
 from meshd.daemon import Daemon, Settings
 from meshd.link import Session
-from meshd.protocol import Epoch, Frame, FrameDecoder
 from meshd.simnet import MemoryListener, MemoryNetwork
 from meshd.supervisor import MeshState
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from meshd.protocol import Epoch, View
+from meshd.core.wire import Epoch, View
 from meshd.supervisor import EXIT_FENCED, MeshState
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import trio
 from attrs import define, field
 
-from meshd.config import Address
+from meshd.core.address import Address
 
 # Connections that may wait for accept(), as the kernel's listen backlog allows; beyond it, connects are refused.
 LISTEN_BACKLOG = 128

@@ -15,8 +15,8 @@ from attrs import evolve
 
 from meshd import handshake, link, supervisor
 from meshd.connection import FramedConnection
+from meshd.core.wire import Goodbye, Hello, Refuse
 from meshd.handshake import Identity, Judgement
-from meshd.protocol import Goodbye, Hello, Refuse
 
 
 @contextlib.contextmanager

@@ -19,12 +19,13 @@ import trio.testing
 from attrs import define, field
 from loguru import logger
 
-from meshd.bounds import liveness_bound
-from meshd.config import Address, Config, structure
+from meshd.config import Config, structure
+from meshd.core.address import Address
+from meshd.core.bounds import liveness_bound
+from meshd.core.wire import Epoch, View
 from meshd.daemon import Daemon, Settings
 from meshd.errors import BindError
 from meshd.net import BIND_RETRY_INTERVAL
-from meshd.protocol import Epoch, View
 from meshd.sim.checker import SafetyChecker
 from meshd.sim.network import Attachment, SimNetwork, SimStream
 from meshd.sim.schedule import (

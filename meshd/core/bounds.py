@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from meshd.config import Timeouts
+from typing import Protocol
+
+
+class Timeouts(Protocol):
+    """The timeouts the bound depends on (``meshd.config.Timeouts`` has them)."""
+
+    heartbeat_timeout: float
+    connect: float
+    handshake: float
+    backoff_max: float
 
 
 def liveness_bound(timeouts: Timeouts, size: int, restart_delay: float, start_time: float, delta: float) -> float:

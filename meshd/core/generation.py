@@ -8,7 +8,7 @@ a generation minted above a known one uses ``max(clock, known.major + 1)``, so i
 
 from __future__ import annotations
 
-from meshd.protocol import U64_MAX, Epoch
+from meshd.core.wire import U64_MAX, Epoch
 
 
 def mint(wall_ms: int, nonce: int, above: Epoch | None = None) -> Epoch:

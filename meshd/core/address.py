@@ -1,0 +1,28 @@
+"""A TCP endpoint as meshd names it: the one type every layer shares for peer, mesh and admin addresses."""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+
+@frozen(order=True)
+class Address:
+    """A TCP endpoint, written ``host:port`` (``[v6addr]:port`` for IPv6)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(f"port {number} is outside 0..65535")
+        return cls(host, number)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
