@@ -13,7 +13,7 @@ import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from loguru import logger
@@ -26,11 +26,11 @@ from trio_websocket import (
     open_websocket,
 )
 
+from meshd.bus import EventBus
 from meshd.core.address import Address
 from meshd.core.wire import U64_MAX, Epoch
 from meshd.errors import AdminUnreachable
 from meshd.net import describe_os_error
-from meshd.supervisor import Supervisor
 
 # A request is a tiny JSON object; refuse anything bigger before parsing it.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -41,12 +41,22 @@ WATCHER_DROPPED = 1008
 Handler = Callable[["AdminSession", dict[str, Any]], Awaitable[None]]
 
 
+class Served(Protocol):
+    """What the admin websocket serves (the Daemon)."""
+
+    bus: EventBus
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_start(self, epoch: Epoch) -> dict[str, Any]: ...
+
+
 class AdminSession:
     """One admin websocket client: dispatches its requests; ``watch`` streams events beside further requests."""
 
-    def __init__(self, ws: WebSocketConnection, supervisor: Supervisor, nursery: trio.Nursery) -> None:
+    def __init__(self, ws: WebSocketConnection, daemon: Served, nursery: trio.Nursery) -> None:
         self.ws = ws
-        self.supervisor = supervisor
+        self.daemon = daemon
         self._nursery = nursery
         self._send_lock = trio.Lock()
 
@@ -70,24 +80,24 @@ class AdminSession:
             await handler(self, request)
 
     async def op_status(self, _: dict[str, Any]) -> None:
-        await self.send(self.supervisor.status())
+        await self.send(self.daemon.status())
 
     async def op_start(self, request: dict[str, Any]) -> None:
         epoch = request.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= U64_MAX:
             await self.send({"error": f"start needs an integer epoch in 0..2**64-1, got {epoch!r}"})
             return
-        await self.send(self.supervisor.request_start(Epoch(epoch)))
+        await self.send(self.daemon.request_start(Epoch(epoch)))
 
     async def op_watch(self, _: dict[str, Any]) -> None:
         await self._nursery.start(self._stream_events)
 
     async def _stream_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.supervisor.events.subscribe() as events:
-            await self.send({"event": "snapshot", "status": self.supervisor.status()})
+        with self.daemon.bus.subscribe() as events:
+            await self.send({"event": "snapshot", "status": self.daemon.status()})
             task_status.started()
             async for event in events:
-                await self.send(event)
+                await self.send(event.to_json())
         await self.ws.aclose(WATCHER_DROPPED, "watcher fell too far behind the event stream")
 
 
@@ -100,7 +110,7 @@ OPS: dict[str, Handler] = {
 
 async def serve_admin(
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
-    supervisor: Supervisor,
+    daemon: Served,
     *,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -116,7 +126,7 @@ async def serve_admin(
         ws = await request.accept()
         try:
             async with trio.open_nursery() as nursery:
-                await AdminSession(ws, supervisor, nursery).serve()
+                await AdminSession(ws, daemon, nursery).serve()
         except* ConnectionClosed:
             pass  # the client went away; nothing else to clean up
 

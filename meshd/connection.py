@@ -1,4 +1,4 @@
-"""The thin I/O shell around the sans-I/O protocol: one framed connection, and the handshake run over it.
+"""The thin I/O shell around the sans-I/O protocol: one framed connection, and the hello exchange run over it.
 
 Transport errors (OSError, trio's Broken/ClosedResourceError) and the peer's protocol errors are converted to
 LinkFailure here and nowhere else, so the link code above sees one error type for "this connection is done".
@@ -7,12 +7,15 @@ LinkFailure here and nowhere else, so the link code above sees one error type fo
 from __future__ import annotations
 
 from contextlib import suppress
+from typing import Protocol
 
 import trio
+from attrs import frozen
 
-from meshd.core.wire import Frame, FrameDecoder, Hello, encode
-from meshd.errors import Fenced, LinkFailure, MeshdError, NewerGeneration, RemoteProtocolError
-from meshd.handshake import Established, Handshake, HandshakeEvent, Identity, MustAdopt, MustFence, Refused, Rejected
+from meshd.core.hello import Action, Handshake, HandshakeEvent, PeerAnswer, PeerFailed, PeerHello
+from meshd.core.mesh import Exchange
+from meshd.core.wire import Answer, Epoch, Frame, FrameDecoder, Hello, encode
+from meshd.errors import LinkFailure, RemoteProtocolError
 from meshd.net import describe_os_error
 
 # Bytes asked of the transport per read; frames are tiny, this only bounds one read.
@@ -101,47 +104,63 @@ class FramedConnection:
         await trio.aclose_forcefully(self.stream)
 
 
-async def handshake(
-    stream: trio.abc.Stream,
-    me: Identity,
-    expected_peer: int | None,
-    timeout: float,
-    holders: tuple[int, ...] | None = None,
-) -> tuple[FramedConnection, Hello]:
-    """Run the hello exchange; the established connection and the peer's hello (``holders``: see ``judge``).
+class Judge(Protocol):
+    """What an exchange needs from the mesh: our hello, and our verdict on the peer's (``MeshModel`` has both)."""
 
-    Raises LinkFailure (refused either way, garbage, timeout, transport error), Fenced or NewerGeneration; the
-    stream is closed then.
+    def hello(self, target: int | None) -> Hello: ...
+
+    def judge(self, hello: Hello, expected_peer: int | None, sent: Epoch) -> Exchange: ...
+
+
+@frozen
+class ExchangeResult:
+    """A finished hello exchange: the connection, our judged exchange, and the peer's answer (None: none came)."""
+
+    conn: FramedConnection
+    exchange: Exchange
+    answer: Answer | None
+
+
+async def exchange_hellos(
+    stream: trio.abc.Stream, mesh: Judge, expected_peer: int | None, timeout: float
+) -> ExchangeResult:
+    """Run both rounds of the hello exchange on ``stream`` within ``timeout``.
+
+    Raises LinkFailure (and closes the stream) when no hello was judged: a timeout, garbage, a transport error, or
+    a peer that closed or refused us before its hello. Once we have judged the peer's hello the result is returned
+    even if its answer never comes (``answer`` None), because our verdict may have recorded it as a member.
     """
-    machine = Handshake(me, expected_peer, holders)
+    ours = mesh.hello(expected_peer)
+    machine = Handshake(ours)
     conn = FramedConnection(stream, machine.decoder)
-    event: HandshakeEvent | None = None
+    exchange: Exchange | None = None
+    answer: PeerAnswer | None = None
     try:
         with trio.move_on_after(timeout):
             await conn.send_bytes(machine.data_to_send())
-            while (event := machine.next_event()) is None:
-                await conn.fill()
-        if isinstance(event, Established):
-            return conn, event.hello
-        if isinstance(event, Refused):
-            with trio.move_on_after(PARTING_TIMEOUT):
+            event = await _next_event(machine, conn)
+            if isinstance(event, PeerFailed):
+                with trio.move_on_after(PARTING_TIMEOUT):
+                    await conn.send_bytes(machine.data_to_send())  # our refusal of the garbage, if any
+                reason = event.reason.name.lower() if event.reason is not None else "closed"
+                raise LinkFailure(f"no hello from the peer ({reason}): {event.detail}")
+            assert isinstance(event, PeerHello)
+            exchange = mesh.judge(event.hello, expected_peer, ours.epoch)
+            machine.answer(exchange.answer)
+            with suppress(LinkFailure):  # once judged, a broken connection just means no answer
                 await conn.send_bytes(machine.data_to_send())
-        raise _handshake_error(event, me, timeout)
+                if exchange.judgement.action is not Action.NONE:  # else no answer can change anything
+                    answer = await _next_event(machine, conn)  # type: ignore[assignment]
     except BaseException:
         await conn.aclose()
         raise
+    if exchange is None:
+        await conn.aclose()
+        raise LinkFailure(f"no hello from the peer within {timeout}s")
+    return ExchangeResult(conn, exchange, answer.answer if isinstance(answer, PeerAnswer) else None)
 
 
-def _handshake_error(
-    event: Refused | Rejected | MustFence | MustAdopt | None, me: Identity, timeout: float
-) -> MeshdError:
-    match event:
-        case Refused(reason=reason, detail=detail):
-            return LinkFailure(f"refused peer ({reason.name.lower()}): {detail}")
-        case Rejected(reason=reason, detail=detail):
-            return LinkFailure(f"peer refused us ({reason.name.lower() if reason else 'closed'}): {detail}")
-        case MustFence(peer=peer, epoch=epoch):
-            return Fenced(f"peer {peer}", epoch, me.epoch)
-        case MustAdopt(peer=peer, epoch=epoch):
-            return NewerGeneration(peer, epoch)
-    return LinkFailure(f"handshake timed out after {timeout}s")
+async def _next_event(machine: Handshake, conn: FramedConnection) -> HandshakeEvent:
+    while (event := machine.next_event()) is None:
+        await conn.fill()
+    return event

@@ -1,11 +1,16 @@
-"""The daemon: binds the mesh port, runs the accept loop, one PeerLink per peer and the admin server.
+"""The daemon: the trio shell around the mesh model. It binds the mesh port, runs the accept loop, one PeerLink per
+peer and the admin server, feeds every event to the model and applies the effects the model returns.
 
 Task tree (every failure stays inside the smallest box that can hold it)::
 
-    daemon scope (cancelled only by the supervisor: fence or stop)
+    daemon scope (cancelled only here: after a fence, or at the end of an orderly stop)
     ├── accept loop ── one task per inbound connection, each under the handshake timeout
     ├── admin websocket server (optional)
     └── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
+
+Supervision: a link failure ends that link's session only; the model decides what it means. The process ends
+only on the model's Exit effect: 75 when its generation is over (after watchers took the fenced event, bounded),
+0 after an orderly stop (goodbyes bounded by STOP_GRACE).
 """
 
 from __future__ import annotations
@@ -15,22 +20,26 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
-from attrs import evolve, frozen
+from attrs import field, frozen
 from loguru import logger
 
 from meshd.admin import serve_admin
+from meshd.bus import EventBus
 from meshd.config import Config
-from meshd.connection import handshake
+from meshd.connection import ExchangeResult, exchange_hellos
 from meshd.core import generation
 from meshd.core.address import Address
-from meshd.core.wire import Epoch
-from meshd.errors import BindError, Fenced, LinkFailure, NewerGeneration
-from meshd.handshake import Identity
-from meshd.link import PeerLink
+from meshd.core.hello import EpochMode, Identity, Outcome
+from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
+from meshd.core.slot import LinkOrigin
+from meshd.core.status import Fenced, GenerationMoved, LinkDown, LinkUp, MeshEvent, PeerRestarted, StateChanged
+from meshd.core.wire import Epoch, Goodbye, View
+from meshd.errors import BindError, ExitCode, LinkFailure
+from meshd.link import PeerLink, Session, why_no_link
 from meshd.net import Network, TcpNetwork, bind_with_retry
-from meshd.supervisor import Supervisor
 
 # The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.
 AWAITED_PLACEHOLDER = Epoch(0)
@@ -38,6 +47,11 @@ AWAITED_PLACEHOLDER = Epoch(0)
 STOP_GRACE = 1.0
 # How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
 ACCEPT_ERROR_PAUSE = 0.1
+# After a fence, once every watcher has taken its queued events, how long the process lingers so that the last
+# ones are written out. Nothing can undo a fence in that time: the mesh state is final and no link changes it.
+FENCE_LINGER = 0.05
+# How long a fenced process waits at most for its watchers to take the fenced event.
+DRAIN_LIMIT = 1.0
 
 
 @frozen
@@ -48,7 +62,7 @@ class Settings:
     index: int
     epoch: Epoch | None  # None with mode "auto" (minted) or "await" (given by the controller's start op)
     admin: Address | None
-    mode: str = "fixed"  # "fixed" (--epoch E), "auto" or "await"
+    mode: EpochMode = field(default=EpochMode.FIXED, converter=EpochMode)
 
 
 def new_incarnation() -> int:
@@ -68,50 +82,132 @@ class Daemon:
         config = settings.config
         self.settings = settings
         self.net: Network = net or TcpNetwork()
+        self._wall_clock = wall_clock
         rng = rng or random.Random()
 
-        def mint_generation(above: Epoch | None) -> Epoch:
+        def mint(above: Epoch | None) -> Epoch:
             return generation.mint(int(wall_clock() * 1000), rng.randrange(1, 2**64), above)
 
-        auto = settings.mode == "auto"
-        epoch = mint_generation(None) if auto else settings.epoch or AWAITED_PLACEHOLDER
+        auto = settings.mode is EpochMode.AUTO
         me = Identity(
             cluster=config.cluster.name,
             index=settings.index,
             size=config.size,
-            epoch=epoch,
+            epoch=mint(None) if auto else settings.epoch or AWAITED_PLACEHOLDER,
             incarnation=new_incarnation() if incarnation is None else incarnation,
             auto=auto,
         )
-        if auto:
-            me = evolve(me, members=tuple(me.incarnation if slot == me.index else 0 for slot in range(me.size)))
-        self.supervisor = Supervisor(
-            me, config.cluster.peers, wall_clock, mint_generation if auto else None, settings.mode
-        )
+        self.model = MeshModel(me, config.cluster.peers, settings.mode, wall_clock(), mint if auto else None)
+        self.bus = EventBus()
         self.links = {
-            peer: PeerLink(peer, address, self.net, config.timeouts, self.supervisor, rng)
+            peer: PeerLink(peer, address, self.net, config.timeouts, self, rng)
             for peer, address in enumerate(config.cluster.peers)
             if peer != settings.index
         }
-        self.supervisor.on_view_change = self._send_views
-        self.supervisor.on_view_needed = lambda peer: self.links[peer].send_view()
-        self.supervisor.on_generation_change = self._drop_links
         self.mesh_address = config.cluster.peers[settings.index]
+        self.exit_code = ExitCode.OK
+        self._began = trio.Event()
+        if self.model.began:
+            self._began.set()
         self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._accepting = trio.CancelScope()
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def me(self) -> Identity:
-        return self.supervisor.me
+        return self.model.me
 
-    def _send_views(self) -> None:
-        for link in self.links.values():
-            link.send_view()
+    def status(self) -> dict[str, Any]:
+        """The object ``meshd status --json`` prints and the admin ``status`` op answers."""
+        return self.model.status().to_json()
 
-    def _drop_links(self, reason: str) -> None:
-        for link in self.links.values():
-            link.drop(reason)
+    # ----- applying the model's effects -----
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case SendView(peers=peers):
+                    for peer in peers:
+                        self.links[peer].send_view()
+                case DropLinks(tokens=tokens, reason=reason):
+                    for link in self.links.values():
+                        link.generation_changed(tokens, reason)
+                case StartLinks():
+                    self._began.set()
+                case Publish(event=event):
+                    self._log(event)
+                    self.bus.publish(event)
+                case Exit(code=ExitCode.FENCED):
+                    self.exit_code = ExitCode.FENCED
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._exit_after_watchers_drained)
+                    else:
+                        self._scope.cancel()
+                case Exit(code=code):
+                    self.exit_code = code
+
+    def _log(self, event: MeshEvent) -> None:
+        log = logger.bind(index=self.me.index, epoch=str(self.me.epoch))
+        match event:
+            case LinkUp(peer=peer, direction=direction, epoch=epoch):
+                log.info("link {} up ({}, epoch {})", peer, direction, epoch)
+            case LinkDown(peer=peer, reason=reason):
+                log.warning("link {} down: {}", peer, reason)
+            case PeerRestarted(peer=peer, incarnation=incarnation):
+                log.info("peer {} restarted (incarnation {:016x})", peer, incarnation)
+            case GenerationMoved(epoch=epoch, reason=reason):
+                log.info("moved to generation {}: {}", epoch, reason)
+            case StateChanged(state=state, reason=reason):
+                log.info("mesh {} ({})", state, reason)
+            case Fenced(reason=reason, newer=newer, cause=cause):
+                fields = {"newer": None if newer is None else newer.to_json(), "cause": cause}
+                log.bind(**fields).error("fenced: {}; exiting with {}", reason, int(ExitCode.FENCED))
+
+    def _now(self) -> float:
+        return self._wall_clock()
+
+    # ----- what the links and the admin server report -----
+
+    async def settle(self, result: ExchangeResult, dialer: int) -> Concluded:
+        """Conclude a finished exchange: install the connection as the link, or close it, and apply the effects."""
+        peer = result.exchange.peer
+        session = Session(result.conn, LinkOrigin(dialer, result.exchange.hello.incarnation))
+        concluded = self.model.conclude(result.exchange, result.answer, session, dialer, self._now())
+        decision = concluded.decision
+        link = self.links.get(peer)
+        if decision is not None and decision.install and link is not None:
+            link.start(session, replaced=decision.fail)  # before the effects: they may send our view on it
+            if isinstance(decision.linger, Session):
+                link.linger(decision.linger)
+        self.apply(concluded.effects)
+        if decision is not None and not decision.install and link is not None:
+            if decision.linger is session:
+                link.linger(session)
+            else:
+                await result.conn.part(decision.part or Goodbye("not linked"))
+        elif not concluded.linked:
+            await result.conn.aclose()
+        return concluded
+
+    def link_ended(self, peer: int, session: Session, reason: str) -> None:
+        self.apply(self.model.link_ended(peer, session, reason, self._now()))
+
+    def view_received(self, peer: int, session: Session, view: View) -> None:
+        self.apply(self.model.view_received(peer, session, view, self._now()))
+
+    def attempt_failed(self, peer: int, reason: str) -> None:
+        if self.model.attempt_failed(peer, reason):
+            logger.bind(index=self.me.index, epoch=str(self.me.epoch)).debug("peer {}: {}", peer, reason)
+
+    def request_start(self, epoch: Epoch) -> dict[str, Any]:
+        """The controller's ``start`` op (``--epoch await``): the answer to send back."""
+        answer, effects = self.model.request_start(epoch, self._now())
+        self.apply(effects)
+        return answer.to_json()
+
+    # ----- the process -----
 
     async def bind(self) -> None:
         """Bind the mesh port, then the admin port, each retried for ``timeouts.bind``; BindError if one stays busy."""
@@ -141,28 +237,34 @@ class Daemon:
         """Run until fenced (returns 75) or stopped (returns 0); ``task_status`` reports when the mesh port listens."""
         if not self._listeners:
             await self.bind()
-        with trio.CancelScope() as scope:
-            self.supervisor.attach(scope)
+        with self._scope:
             async with trio.open_nursery() as nursery:
-                self.supervisor.on_fence = lambda: nursery.start_soon(self.supervisor.exit_after_watchers_drained)
+                self._nursery = nursery
                 if self._admin_listeners:
-                    await nursery.start(serve_admin, self._admin_listeners, self.supervisor)
+                    await nursery.start(serve_admin, self._admin_listeners, self)
                 task_status.started()
-                await self.supervisor.began.wait()
+                await self._began.wait()
                 for link in self.links.values():
                     await nursery.start(link.run)
                 nursery.start_soon(self._accept_all, self._listeners)
-        return self.supervisor.exit_code
+        return int(self.exit_code)
 
     async def stop(self, reason: str) -> None:
         """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest."""
-        self.supervisor.stop(reason)
+        self.apply(self.model.stop(reason, self._now()))
         self._accepting.cancel()
         with trio.move_on_after(STOP_GRACE):
             async with trio.open_nursery() as nursery:
                 for link in self.links.values():
                     nursery.start_soon(link.close, reason)
-        self.supervisor.cancel()
+        self._scope.cancel()
+
+    async def _exit_after_watchers_drained(self) -> None:
+        """The end of a fence: let watchers take the "fenced" event (bounded), linger a moment, end everything."""
+        with trio.move_on_after(DRAIN_LIMIT):
+            await self.bus.drained()
+        await trio.sleep(FENCE_LINGER)
+        self._scope.cancel()
 
     async def _accept_all(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
         with self._accepting:
@@ -176,25 +278,25 @@ class Daemon:
                 try:
                     stream = await listener.accept()
                 except OSError as exc:  # out of file descriptors and the like: pause, keep serving
-                    self.supervisor.inbound_refused(f"accept failed: {exc.strerror or exc}")
+                    self._inbound_refused(f"accept failed: {exc.strerror or exc}")
                     await trio.sleep(ACCEPT_ERROR_PAUSE)
                     continue
                 nursery.start_soon(self._handle_inbound, stream)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
-        """Handshake one inbound connection and hand it to its peer's link; garbage is closed and disturbs nothing."""
+        """Exchange hellos on one inbound connection and settle it; garbage is closed and disturbs nothing."""
         try:
             timeout = self.settings.config.timeouts.handshake
-            conn, hello = await handshake(stream, self.me, None, timeout, self.supervisor.holders())
+            result = await exchange_hellos(stream, self.model, None, timeout)
         except LinkFailure as exc:
-            self.supervisor.inbound_refused(exc.reason)
+            self._inbound_refused(exc.reason)
             return
-        except (Fenced, NewerGeneration) as exc:
-            self.supervisor.newer_epoch_seen(exc)
-            return
-        refusal = self.links[hello.sender].offer(conn, hello, dialer=hello.sender)
-        if refusal is not None:
-            await conn.part(refusal)
+        concluded = await self.settle(result, dialer=result.exchange.peer)
+        if concluded.outcome is Outcome.NOTHING:
+            self._inbound_refused(why_no_link(result))
+
+    def _inbound_refused(self, reason: str) -> None:
+        logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", reason)
 
 
 async def serve(settings: Settings) -> int:

@@ -5,6 +5,8 @@ Every error carries what a log line or an exit code needs; nothing classifies er
 
 from __future__ import annotations
 
+import enum
+
 
 class MeshdError(Exception):
     """Base of every error meshd raises on purpose."""
@@ -63,3 +65,12 @@ class NewerGeneration(MeshdError):
         super().__init__(f"peer {peer} runs newer generation {epoch}")
         self.peer = peer
         self.epoch = epoch
+
+
+class ExitCode(enum.IntEnum):
+    """How a meshd process ends; a controller restarts on 75 (and on a death), and should not on 1 or 2."""
+
+    OK = 0  # orderly stop (SIGTERM/SIGINT), or a command that succeeded
+    FAILURE = 1  # runtime failure: a port stayed busy, the admin websocket is unreachable
+    USAGE = 2  # usage or configuration error; the message names the flag or key
+    FENCED = 75  # this process's generation is over (a newer epoch, or its generation lost a member): restart it

@@ -25,8 +25,7 @@ from attrs import define, field, frozen
 
 from meshd import admin
 from meshd.core.address import Address
-from meshd.errors import AdminUnreachable
-from meshd.supervisor import EXIT_FENCED
+from meshd.errors import AdminUnreachable, ExitCode
 
 # Pause before restarting an exited daemon, as a process supervisor would (keeps a crash loop from spinning).
 RESTART_DELAY = 0.2
@@ -73,7 +72,7 @@ class EpochController:
 
     def exited(self, started_with: int, code: int) -> bool:
         """Account for an exit of a daemon started with epoch ``started_with``; True when it was a death."""
-        if code == EXIT_FENCED:
+        if code == ExitCode.FENCED:
             return False
         self.current = max(self.current, started_with) + 1
         return True
@@ -126,7 +125,7 @@ class Cluster:
                     return
                 slot.exits.append(code)
                 if self.spec.auto:
-                    self.fault_at = self.fault_at or (None if code == EXIT_FENCED else trio.current_time())
+                    self.fault_at = self.fault_at or (None if code == ExitCode.FENCED else trio.current_time())
                     self.say(f"daemon {slot.index} exited with {code}: restarting it")
                 elif not self.epochs.exited(slot.epoch, code):
                     self.say(f"daemon {slot.index} fenced (exit 75): restarting at epoch {self.epochs.current}")

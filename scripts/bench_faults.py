@@ -48,7 +48,7 @@ from benchlib import (
 from meshd import admin
 from meshd.config import Timeouts
 from meshd.core.address import Address
-from meshd.supervisor import EXIT_FENCED
+from meshd.errors import ExitCode
 
 # Bounds on every wait.
 QUIET_TIMEOUT = 60.0  # a cluster: until every daemon is ready in one generation
@@ -129,9 +129,9 @@ class ControlledCluster:
             code = await trio.to_thread.run_sync(incarnation.process.wait, abandon_on_cancel=True)
             LIVE.discard(incarnation.process)
             slot.exits.append(code)
-            if code not in (EXIT_FENCED, -signal.SIGKILL):
+            if code not in (ExitCode.FENCED, -signal.SIGKILL):
                 self.failure = self.failure or f"daemon {slot.index} exited with {code}"
-            if not self.auto and code != EXIT_FENCED and incarnation.epoch == self.epoch:
+            if not self.auto and code != ExitCode.FENCED and incarnation.epoch == self.epoch:
                 self.epoch += 1
 
     async def _follow(self, incarnation: Incarnation, address: Address) -> None:

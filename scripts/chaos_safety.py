@@ -17,15 +17,12 @@ snapshot shows the checker able to fail (tests/test_chaos.py). What counts as a 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_FENCED = 0, 1, 75
 ALLOWED_EXITS = (EXIT_OK, EXIT_FAILURE, EXIT_FENCED)
-# meshd.errors.Fenced's message: "<source> runs epoch <newer>, newer than ours (<own>)".
-FENCE_REASON = re.compile(r"runs epoch (?P<newer>[0-9a-f.]+), newer than ours \((?P<own>[0-9a-f.]+)\)")
 
 
 def epoch_order(epoch: int | str) -> tuple[int, int]:
@@ -46,10 +43,13 @@ class Violation:
         return asdict(self)
 
 
-def fence_names_newer_epoch(reason: str) -> bool:
-    """Whether a fence reason names an epoch newer than the fenced process's own."""
-    match = FENCE_REASON.search(reason)
-    return match is not None and epoch_order(match["newer"]) > epoch_order(match["own"])
+def fence_is_proven(fence: dict[str, Any]) -> bool:
+    """Whether a fenced event (its fields) proves the exit: a newer epoch than the process's own, or a generation
+    that can no longer be complete (its member of a slot was replaced by a live process)."""
+    if fence.get("cause") == "member_replaced":
+        return True
+    newer = fence.get("newer")
+    return newer is not None and epoch_order(newer) > epoch_order(fence["epoch"])
 
 
 @dataclass
@@ -93,15 +93,15 @@ class SafetyChecker:
                 )
 
     def exited(
-        self, slot: int, role: str, code: int, caused_by_runner: bool, fence_reasons: Iterable[str], at: float
+        self, slot: int, role: str, code: int, caused_by_runner: bool, fences: Iterable[dict[str, Any]], at: float
     ) -> None:
-        """Check one exit (S5): a code the design allows, and a fence naming a newer epoch before every 75."""
+        """Check one exit (S5): a code the design allows, and a proven fence before every 75."""
         if caused_by_runner:
             return
         if code not in ALLOWED_EXITS:
             self.flag("exit-code", f"slot {slot} ({role}) exited {code}", at)
-        if code == EXIT_FENCED and not any(fence_names_newer_epoch(reason) for reason in fence_reasons):
-            self.flag("S5", f"slot {slot} ({role}) exited 75 without a fence naming a newer epoch", at)
+        if code == EXIT_FENCED and not any(fence_is_proven(fence) for fence in fences):
+            self.flag("S5", f"slot {slot} ({role}) exited 75 without a proven fence", at)
 
     def stale_behaved(self, slot: int, epoch: int, events: Iterable[dict[str, Any]], at: float) -> None:
         """A process started with a stale epoch must never link to anyone nor become ready."""
@@ -109,12 +109,12 @@ class SafetyChecker:
             if event["event"] in ("link_up", "ready"):
                 self.flag("stale-admitted", f"slot {slot} started with stale epoch {epoch} reported {event}", at)
 
-    def fenced_by_stale(self, fence_reasons: Iterable[str], stale_epochs: set[int], at: float) -> None:
+    def fenced_by_stale(self, fences: Iterable[dict[str, Any]], stale_epochs: set[int], at: float) -> None:
         """No process may exit because of a stale-epoch start: no fence names a stale epoch."""
-        for reason in fence_reasons:
-            match = FENCE_REASON.search(reason)
-            if match and epoch_order(match["newer"]) in {(epoch, 0) for epoch in stale_epochs}:
-                self.flag("stale-fenced", f"a process was fenced by a stale epoch: {reason}", at)
+        for fence in fences:
+            newer = fence.get("newer")
+            if newer is not None and epoch_order(newer) in {(epoch, 0) for epoch in stale_epochs}:
+                self.flag("stale-fenced", f"a process was fenced by a stale epoch: {fence.get('reason')}", at)
 
     def duplicate_exited(self, slot: int, code: int, lived: float, bind_timeout: float, at: float) -> None:
         """A second process for a live slot must fail to bind: exit 1, and only after ``timeouts.bind``."""

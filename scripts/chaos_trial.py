@@ -99,17 +99,17 @@ class Process:
         """Whether it got its mesh port (a duplicate does when the slot's process left during its bind period)."""
         return LISTENING in self.log.read_text(encoding="utf-8", errors="replace")
 
-    def fence_reasons(self) -> list[str]:
-        """Fence reasons from the watch, or from the JSON log when the watch did not get to see one."""
-        reasons = [event["reason"] for event in self.events if event["event"] == "fenced"]
-        if reasons:
-            return reasons
+    def fences(self) -> list[dict[str, Any]]:
+        """Fenced events from the watch, or their fields from the JSON log when the watch did not get to see one."""
+        fences = [event for event in self.events if event["event"] == "fenced"]
+        if fences:
+            return fences
         for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                message = json.loads(line)["message"]
-                if message.startswith("fenced: "):
-                    reasons.append(message)
-        return reasons
+                record = json.loads(line)
+                if "cause" in record:
+                    fences.append(record)
+        return fences
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -568,9 +568,9 @@ class Trial:
             if process.role == "stale":
                 self.checker.stale_behaved(process.slot, int(process.epoch), process.events, now)
             if not process.stopping:
-                reasons = process.fence_reasons()
-                self.checker.exited(process.slot, process.role, code, process.killed, reasons, now)
-                self.checker.fenced_by_stale(reasons, stale_epochs, now)
+                fences = process.fences()
+                self.checker.exited(process.slot, process.role, code, process.killed, fences, now)
+                self.checker.fenced_by_stale(fences, stale_epochs, now)
         hit = {slot for applied in self.applied if applied.fault.kind in (KILL, STALE) for slot in applied.fault.slots}
         survivors = [slot for slot in range(self.spec.size) if slot not in hit]
         if not any(applied.fault.kind == TWIN for applied in self.applied):

@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 
+from meshd.core.address import Address
+from meshd.core.hello import EpochMode, Identity
+from meshd.core.mesh import MeshModel, Publish
+from meshd.core.wire import Epoch
 from scripts.chaos_faults import plan
 from scripts.chaos_netns import netns_unavailable
-from scripts.chaos_safety import SafetyChecker, fence_names_newer_epoch
+from scripts.chaos_safety import SafetyChecker, fence_is_proven
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hard bound on one campaign (4 trials of a few seconds each, on a loaded 2-core machine).
@@ -142,18 +146,29 @@ def test_checker_flags_links_across_epochs_and_a_ready_process_with_a_link_down(
     assert [violation.kind for violation in checker.violations] == ["S1", "S3"]
 
 
+def real_fence(own: int, newer: int) -> dict:
+    """The fenced event a daemon in await mode publishes when the controller starts a newer epoch (its JSON)."""
+    model = MeshModel(
+        Identity("c", 0, 2, Epoch(0), 1), [Address("127.0.0.1", 1), Address("127.0.0.1", 2)], EpochMode.AWAIT, 0.0
+    )
+    model.request_start(Epoch(own), 0.0)
+    _, effects = model.request_start(Epoch(newer), 1.0)
+    [fenced] = [effect.event for effect in effects if isinstance(effect, Publish)]
+    return fenced.to_json()
+
+
 def test_checker_flags_exits_the_design_forbids():
-    fence = "fenced: peer 2 runs epoch 7, newer than ours (6); exiting with 75"
-    assert fence_names_newer_epoch(fence)
-    assert not fence_names_newer_epoch("fenced: peer 2 runs epoch 5, newer than ours (6)")
-    generations = "peer 1 runs epoch 1795600000123.00000000000000ff, newer than ours (1795600000123.1)"
-    assert fence_names_newer_epoch(generations)
+    fence = real_fence(6, 7)
+    assert fence_is_proven(fence)
+    assert not fence_is_proven(fence | {"newer": 5})
+    assert fence_is_proven({"epoch": "1795600000123.1", "newer": "1795600000123.00000000000000ff"})
+    assert fence_is_proven({"epoch": 6, "newer": None, "cause": "member_replaced"})
     checker = SafetyChecker()
-    checker.exited(0, "member", 75, caused_by_runner=False, fence_reasons=[fence], at=1.0)
-    checker.exited(1, "member", -9, caused_by_runner=True, fence_reasons=[], at=1.0)
+    checker.exited(0, "member", 75, caused_by_runner=False, fences=[fence], at=1.0)
+    checker.exited(1, "member", -9, caused_by_runner=True, fences=[], at=1.0)
     assert checker.violations == []
-    checker.exited(2, "member", 75, caused_by_runner=False, fence_reasons=[], at=1.0)
-    checker.exited(3, "member", -11, caused_by_runner=False, fence_reasons=[], at=1.0)
+    checker.exited(2, "member", 75, caused_by_runner=False, fences=[], at=1.0)
+    checker.exited(3, "member", -11, caused_by_runner=False, fences=[], at=1.0)
     checker.duplicate_exited(1, 0, lived=0.3, bind_timeout=2.0, at=1.0)
     checker.exit_bound({0: [75, 75], 1: [75]}, survivors=[0, 1], deaths=1, at=1.0)
     checker.stale_behaved(3, 12, [{"event": "link_up", "peer": 1}], at=1.0)

@@ -13,10 +13,11 @@ import pytest
 from meshd import cli, config
 from meshd.config import Config
 from meshd.core.address import Address
+from meshd.core.hello import EpochMode, Identity
+from meshd.core.mesh import MeshModel
+from meshd.core.status import Status
 from meshd.core.wire import Epoch
 from meshd.errors import ConfigError
-from meshd.handshake import Identity
-from meshd.supervisor import Supervisor
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.toml"))
 
@@ -347,13 +348,17 @@ STATUS = {
 }
 
 
-def test_hand_built_status_matches_the_supervisors_shape():
+def test_hand_built_status_matches_the_models_shape():
     me = Identity("demo", 0, 3, Epoch(4), 0xFF)
     addresses = [Address("127.0.0.1", 7000), Address("127.0.0.1", 7001), Address("::1", 7002)]
-    real = Supervisor(me, addresses, wall_clock=lambda: 0.0).status()
+    real = MeshModel(me, addresses, EpochMode.FIXED, 0.0).status().to_json()
     assert real.keys() == STATUS.keys()
     assert [peer.keys() for peer in real["peers"]] == [peer.keys() for peer in STATUS["peers"]]
     assert [peer["address"] for peer in real["peers"]] == [peer["address"] for peer in STATUS["peers"]]
+
+
+def test_the_status_object_reads_back_as_it_was_written():
+    assert Status.from_json(STATUS).to_json() == STATUS
 
 
 def test_status_table_lists_every_peer():

@@ -28,11 +28,11 @@ import trio
 
 from meshd import admin
 from meshd import config as configuration
+from meshd.core.hello import EpochMode
 from meshd.core.wire import Epoch
+from meshd.daemon import FENCE_LINGER, Settings
 from meshd.daemon import Daemon as InProcessDaemon
-from meshd.daemon import Settings
-from meshd.errors import Fenced
-from meshd.supervisor import FENCE_LINGER
+from meshd.errors import ExitCode
 from tests.proc_harness import (
     ADMIN_ERRORS,
     DEADLINE,
@@ -45,7 +45,6 @@ from tests.proc_harness import (
     watching,
 )
 
-EXIT_FENCED = 75
 KILLED = -signal.SIGKILL
 # The orchestrator's pause before restarting an exited daemon (as meshd's own ``cluster`` command does).
 RESTART_DELAY = 0.2
@@ -326,7 +325,7 @@ async def _kill_and_recover(
     async with watching(harness, [cluster.proc(index) for index in survivors]) as watches:
         fault = cluster.kill(*victims)
         after = await cluster.wait_one_generation(f"after kill -9 of {victims}")
-    expected = {index: [KILLED] if index in victims else [EXIT_FENCED] for index in range(4)}
+    expected = {index: [KILLED] if index in victims else [ExitCode.FENCED] for index in range(4)}
     harness.check(cluster.exits() == expected, f"exits per slot {cluster.exits()}, expected {expected}")
     await cluster.settle(after, expected)
     record_timing(scenario, seconds=round(after.ready_at - fault, 3), exits=cluster.exits())
@@ -375,7 +374,7 @@ async def test_paused_process_resumed_after_the_others_moved_on_exits_75_once(
         async def moved_on() -> tuple[bool, Any]:
             """3's replacement fenced 0 and 2, and the three restarted processes share a newer generation."""
             exits = cluster.exits()
-            if exits != {0: [EXIT_FENCED], 1: [], 2: [EXIT_FENCED], 3: [KILLED]}:
+            if exits != {0: [ExitCode.FENCED], 1: [], 2: [ExitCode.FENCED], 3: [KILLED]}:
                 return False, exits
             procs = [cluster.proc(index) for index in (0, 2, 3)]
             found = await harness.statuses(procs)
@@ -393,7 +392,7 @@ async def test_paused_process_resumed_after_the_others_moved_on_exits_75_once(
         resumed = time.time()
         paused.signal(signal.SIGCONT)
         after = await cluster.wait_one_generation("after SIGCONT")
-    expected = {0: [EXIT_FENCED], 1: [EXIT_FENCED], 2: [EXIT_FENCED], 3: [KILLED]}
+    expected = {0: [ExitCode.FENCED], 1: [ExitCode.FENCED], 2: [ExitCode.FENCED], 3: [KILLED]}
     harness.check(cluster.exits() == expected, f"exits per slot {cluster.exits()}, expected {expected}")
     await cluster.settle(after, expected)
     record_timing(
@@ -436,7 +435,7 @@ async def test_everyone_but_the_victim_paused_then_resumed_exit_75_once_each(
         for proc in paused:
             proc.signal(signal.SIGCONT)
         after = await cluster.wait_one_generation("after SIGCONT of 0, 1 and 2")
-    expected = {0: [EXIT_FENCED], 1: [EXIT_FENCED], 2: [EXIT_FENCED], 3: [KILLED]}
+    expected = {0: [ExitCode.FENCED], 1: [ExitCode.FENCED], 2: [ExitCode.FENCED], 3: [KILLED]}
     harness.check(cluster.exits() == expected, f"exits per slot {cluster.exits()}, expected {expected}")
     await cluster.settle(after, expected)
     record_timing(
@@ -517,7 +516,7 @@ async def test_await_mode_start_op(harness: Harness):
         answer = await admin_request(newer.admin, {"op": "start", "epoch": 6})
         code = await harness.wait_exit(newer)
     harness.check(answer.get("ok") is True and answer.get("epoch") == 6, f"start 6 answered {answer}")
-    harness.check(code == EXIT_FENCED, f"start 6 on a daemon running 5: exit {code}, expected 75")
+    harness.check(code == ExitCode.FENCED, f"start 6 on a daemon running 5: exit {code}, expected 75")
     harness.check(watch.of("fenced"), f"no fenced event: {watch.events}")
     await trio.sleep(3 * cluster.timeouts["heartbeat_timeout"])
     for proc, status in zip(others, await harness.statuses(others), strict=True):
@@ -541,7 +540,9 @@ async def test_a_watcher_gets_the_fenced_event_even_when_the_fence_lands_in_a_bu
     process, the task that fences blocks the event loop for a few FENCE_LINGERs right after the fence.
     """
     cluster = harness.cluster(2, name="fence-event")
-    daemon = InProcessDaemon(Settings(configuration.load(cluster.config), 0, Epoch(1), cluster.admin(0)))
+    settings = Settings(configuration.load(cluster.config), 0, None, cluster.admin(0), EpochMode.AWAIT)
+    daemon = InProcessDaemon(settings)
+    daemon.request_start(Epoch(1))
     events: list[dict[str, Any]] = []
     code: int | None = None
 
@@ -565,8 +566,8 @@ async def test_a_watcher_gets_the_fenced_event_even_when_the_fence_lands_in_a_bu
         async with trio.open_nursery() as nursery:
             await nursery.start(run)
             await nursery.start(follow)
-            daemon.supervisor.fence(Fenced("the test", Epoch(2), Epoch(1)))
+            assert daemon.request_start(Epoch(2)) == {"ok": True, "epoch": 2, "fenced": True}
             time.sleep(4 * FENCE_LINGER)  # the rest of a long iteration, or the OS running something else
-    assert code == EXIT_FENCED
+    assert code == ExitCode.FENCED
     kinds = [event["event"] for event in events]
     assert "fenced" in kinds, f"the watcher never got the fenced event; it got {kinds}"

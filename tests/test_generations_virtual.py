@@ -20,10 +20,11 @@ import trio
 
 from meshd.config import Config, structure
 from meshd.core.address import Address
-from meshd.core.wire import Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
+from meshd.core.status import MeshState, PeerState
+from meshd.core.wire import Accept, Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
 from meshd.daemon import Daemon, Settings
+from meshd.errors import ExitCode
 from meshd.simnet import MemoryNetwork
-from meshd.supervisor import EXIT_FENCED, MeshState, PeerState
 from tests.virtual import address
 
 CLUSTER = "virtual-generations"
@@ -180,7 +181,7 @@ class VirtualCluster:
             if daemon is None or not slot.running:
                 lines.append(f"slot {slot.index}: not running, exits {slot.exits}")
                 continue
-            status = daemon.supervisor.status()
+            status = daemon.status()
             peers = ", ".join(f"{p['index']}:{p['state']}@{p['epoch']}" for p in status["peers"])
             lines.append(
                 f"slot {slot.index}: {status['state']} in {status['epoch']} sealed={status['sealed']} "
@@ -198,10 +199,10 @@ class VirtualCluster:
             return None
         for daemon in daemons:
             assert daemon is not None
-            supervisor = daemon.supervisor
-            if supervisor.state is not MeshState.READY or not daemon.me.sealed:
+            model = daemon.model
+            if model.state is not MeshState.READY or not model.sealed:
                 return None
-            for peer, row in supervisor.peers.items():
+            for peer, row in model.rows.items():
                 if row.state is not PeerState.UP or row.incarnation != daemons[peer].me.incarnation:  # type: ignore[union-attr]
                     return None
         return epochs.pop()
@@ -241,13 +242,13 @@ async def test_skewed_and_backward_jumping_clocks_converge_with_one_exit_per_sur
         exits: dict[int, list[int | str]] = {0: [], 1: [], 2: []}
         await cluster.settle(first, exits)
         # Slot 0 minted an hour in the past, so it adopted a generation of slot 1 or 2 in place.
-        assert cluster.slots[0].daemon.supervisor.generation_changes >= 1  # type: ignore[union-attr]
+        assert cluster.slots[0].daemon.model.generation_changes >= 1  # type: ignore[union-attr]
         assert first.major >= int(NOW * 1000)
 
         # Fault 1: kill the slot whose clock is an hour behind. Its replacement mints an hour in the past.
         cluster.kill(0)
         second, took = await cluster.wait_one_generation("after killing the slot an hour behind", first)
-        exits = {0: [KILLED], 1: [EXIT_FENCED], 2: [EXIT_FENCED]}
+        exits = {0: [KILLED], 1: [ExitCode.FENCED], 2: [ExitCode.FENCED]}
         assert cluster.exits() == exits, cluster.describe()
         await cluster.settle(second, exits)
         assert second > first
@@ -257,7 +258,7 @@ async def test_skewed_and_backward_jumping_clocks_converge_with_one_exit_per_sur
         # Fault 2: kill slot 2; its clock reads two hours earlier after the restart.
         cluster.kill(2)
         third, took = await cluster.wait_one_generation("after slot 2 restarted with its clock 2 h back", second)
-        exits = {0: [KILLED, EXIT_FENCED], 1: [EXIT_FENCED, EXIT_FENCED], 2: [EXIT_FENCED, KILLED]}
+        exits = {0: [KILLED, ExitCode.FENCED], 1: [ExitCode.FENCED, ExitCode.FENCED], 2: [ExitCode.FENCED, KILLED]}
         assert cluster.exits() == exits, cluster.describe()
         await cluster.settle(third, exits)
         assert third > second
@@ -294,7 +295,7 @@ async def test_a_backward_jumping_replacement_of_any_slot_fences_each_survivor_o
         await trio.sleep(1.0)
         cluster.kill(victim)
         second, _ = await cluster.wait_one_generation(f"after killing {victim}", first)
-        exits: dict[int, list[int | str]] = {i: [KILLED] if i == victim else [EXIT_FENCED] for i in range(3)}
+        exits: dict[int, list[int | str]] = {i: [KILLED] if i == victim else [ExitCode.FENCED] for i in range(3)}
         assert cluster.exits() == exits, cluster.describe()
         await cluster.settle(second, exits)
         assert second > first
@@ -354,25 +355,27 @@ async def test_a_late_view_on_the_tie_break_loser_does_not_undo_readiness(autoju
         a = RawPeer(await net.connect(address(1), address(0)))  # A: 1 dials 0
         await a.send(Hello(CLUSTER, 1, 0, epoch, one))
         assert isinstance(await a.receive(), Hello)
+        await a.send(Accept())
         with trio.fail_after(1):
-            while daemon.supervisor.peers[1].state is not PeerState.UP:
+            while daemon.model.rows[1].state is not PeerState.UP:
                 await trio.sleep(0.01)
         delayed = View(epoch, (me, one, 0))  # what 1 sent on A while A was its link to 0 and 2 was not linked yet
 
         for raw, sender, incarnation in ((dialed_1, 1, one), (dialed_2, 2, two)):
             assert isinstance(await raw.receive(), Hello)
             await raw.send(Hello(CLUSTER, sender, 0, epoch, incarnation))
+            await raw.send(Accept())
             nursery.start_soon(raw.heartbeats, TIMEOUTS["heartbeat_interval"])
         full = View(epoch, (me, one, two))
         await dialed_1.send(full)
         await dialed_2.send(full)
         with trio.fail_after(1):
-            while daemon.supervisor.state is not MeshState.READY:
+            while daemon.model.state is not MeshState.READY:
                 await trio.sleep(0.01)
 
         await a.send(delayed)  # the frame from A's early days finally arrives
         await trio.sleep(5.0)
-        status = daemon.supervisor.status()
+        status = daemon.status()
         nursery.cancel_scope.cancel()
     assert [peer["state"] for peer in status["peers"]] == ["up", "up"], status
     assert status["state"] == "ready", (
@@ -400,6 +403,6 @@ async def test_heartbeats_on_a_non_dyadic_interval_do_not_livelock_in_virtual_ti
         for daemon in daemons:
             await nursery.start(daemon.run)
         await trio.sleep(10.0)
-        states = [daemon.supervisor.state for daemon in daemons]
+        states = [daemon.model.state for daemon in daemons]
         nursery.cancel_scope.cancel()
     assert states == [MeshState.READY, MeshState.READY]

@@ -104,7 +104,7 @@ EXAMPLES = [
     Hello("é" * 127, 3, 4, Epoch(0, 5), 0),  # 254 UTF-8 bytes
     Hello("x" * MAX_NAME_BYTES, 1, 2, Epoch(2), 1),
     Refuse(RefuseReason.STALE_EPOCH, Epoch(4), "peer epoch 3 is older than ours"),
-    Refuse(RefuseReason.DUPLICATE, Epoch(0, U64_MAX), ""),
+    Refuse(RefuseReason.BEHIND, Epoch(0, U64_MAX), ""),
     Heartbeat(),
     Goodbye("stopping"),
     Goodbye(""),
@@ -266,7 +266,7 @@ MALFORMED = {
     "refuse reason 0": raw_frame(FrameType.REFUSE, refuse_payload(0)),
     "unknown refuse reason": raw_frame(FrameType.REFUSE, refuse_payload(max(RefuseReason) + 1)),
     "refuse reason 255": raw_frame(FrameType.REFUSE, refuse_payload(255)),
-    "truncated refuse": raw_frame(FrameType.REFUSE, refuse_payload(RefuseReason.DUPLICATE)[:-1]),
+    "truncated refuse": raw_frame(FrameType.REFUSE, refuse_payload(RefuseReason.BEHIND)[:-1]),
     "refuse detail longer than said": raw_frame(FrameType.REFUSE, refuse_payload(1, b"abc", detail_length=2)),
     "refuse detail shorter than said": raw_frame(FrameType.REFUSE, refuse_payload(1, b"abc", detail_length=4)),
     "refuse detail not UTF-8": raw_frame(FrameType.REFUSE, refuse_payload(1, b"\xc3")),
@@ -314,10 +314,10 @@ def test_hello_with_another_version_is_unsupported(version):
 
 def test_another_version_is_recognised_before_the_rest_is_parsed():
     """A future version may change everything after magic and version: only those six bytes are read."""
-    data = raw_frame(FrameType.HELLO, MAGIC + struct.pack(">H", 2) + b"\xff")
+    data = raw_frame(FrameType.HELLO, MAGIC + struct.pack(">H", PROTOCOL_VERSION + 1) + b"\xff")
     with pytest.raises(UnsupportedVersion) as info:
         decode_bytes(data)
-    assert info.value.version == 2
+    assert info.value.version == PROTOCOL_VERSION + 1
 
 
 def decoder_outcome(data, eof):

@@ -14,8 +14,10 @@ import trio
 
 from meshd.connection import PARTING_TIMEOUT
 from meshd.core.address import Address
+from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import (
     NO_TARGET,
+    Accept,
     Epoch,
     FrameDecoder,
     Heartbeat,
@@ -23,8 +25,8 @@ from meshd.core.wire import (
     View,
     encode,
 )
-from meshd.daemon import STOP_GRACE
-from meshd.supervisor import EXIT_FENCED, EXIT_OK, FENCE_LINGER, MeshState, PeerState
+from meshd.daemon import FENCE_LINGER, STOP_GRACE
+from meshd.errors import ExitCode
 from tests.virtual import (
     CLUSTER,
     EPS,
@@ -64,8 +66,8 @@ def assert_one_connection_per_pair(net: TracingNetwork, nodes: list[Node]) -> No
     for a, b in pairs(len(nodes)):
         session_a, session_b = nodes[a].session(b), nodes[b].session(a)
         assert session_a is not None and session_b is not None, f"pair {a}-{b} is not linked on both ends"
-        assert nodes[a].daemon.supervisor.peers[b].state is PeerState.UP
-        assert nodes[b].daemon.supervisor.peers[a].state is PeerState.UP
+        assert nodes[a].daemon.model.rows[b].state is PeerState.UP
+        assert nodes[b].daemon.model.rows[a].state is PeerState.UP
         # Both ends agree on who dialed and on which incarnation is behind the other end.
         assert session_a.origin.dialer == session_b.origin.dialer
         assert session_a.origin.peer_incarnation == nodes[b].daemon.me.incarnation
@@ -98,7 +100,7 @@ async def test_four_daemons_form_a_full_mesh_with_one_connection_per_pair(autoju
         await trio.sleep(3 * config.timeouts.heartbeat_timeout)
         assert all_ready(nodes)
         for node in nodes:
-            assert all(status.state is PeerState.UP for status in node.daemon.supervisor.peers.values())
+            assert all(status.state is PeerState.UP for status in node.daemon.model.rows.values())
         assert_one_connection_per_pair(net, nodes)
         nursery.cancel_scope.cancel()
 
@@ -120,14 +122,20 @@ class FakePeer:
         self.last_sent = trio.current_time()
 
     async def handshake(self) -> Hello:
-        """Answer the daemon's hello with ours, then agree with its view of the mesh; returns the daemon's hello."""
+        """Exchange hellos with the daemon, accept it, then agree with its view of the mesh; returns its hello."""
         await self.send(encode(self.hello))
-        while (frame := self.decoder.next_frame()) is None:
-            self.decoder.receive_data(await self.stream.receive_some(65536))
+        frame = await self._next_frame()
         assert isinstance(frame, Hello)
+        await self.send(encode(Accept()))
+        assert isinstance(await self._next_frame(), Accept)
         slots = [0] * (max(frame.sender, self.index) + 1)
         slots[frame.sender], slots[self.index] = frame.incarnation, self.hello.incarnation
         await self.send(encode(View(self.hello.epoch, tuple(slots))))
+        return frame
+
+    async def _next_frame(self) -> object:
+        while (frame := self.decoder.next_frame()) is None:
+            self.decoder.receive_data(await self.stream.receive_some(65536))
         return frame
 
     async def drain(self) -> None:
@@ -165,7 +173,7 @@ async def test_heartbeat_loss_is_detected_exactly_at_the_timeout(autojump_clock,
         await wait_until(lambda: peer.eof_at is not None, 0.1)
         assert peer.eof_at == pytest.approx(down_at, abs=EPS)
         assert sum(isinstance(frame, Heartbeat) for frame in peer.received) >= beats
-        assert node.daemon.supervisor.peers[1].state is PeerState.DOWN
+        assert node.daemon.model.rows[1].state is PeerState.DOWN
         assert node.state is MeshState.DEGRADED
         nursery.cancel_scope.cancel()
 
@@ -286,7 +294,7 @@ async def test_a_dialer_that_gave_up_on_a_silent_connection_replaces_it_at_once(
         await trio.sleep(0.5)
         old = nodes[other].session(dialer)
         assert old is not None and old.origin.dialer == dialer
-        connects = nodes[other].daemon.supervisor.peers[dialer].connects
+        connects = nodes[other].daemon.model.rows[dialer].connects
         silent_at = trio.current_time()
         old.conn.stream.connection.blackhole()  # type: ignore[attr-defined]
         await wait_until(lambda: bool(nodes[dialer].events_of("link_down")), 1.0)
@@ -299,7 +307,7 @@ async def test_a_dialer_that_gave_up_on_a_silent_connection_replaces_it_at_once(
         assert new is not None and new is not old
         assert new.origin.dialer == dialer
         assert old.failure == "replaced by a newer connection"
-        assert nodes[other].daemon.supervisor.peers[dialer].connects == connects  # the same link, moved
+        assert nodes[other].daemon.model.rows[dialer].connects == connects  # the same link, moved
         await trio.sleep(3 * 2.0)  # past the patient end's timeout for the old connection
         assert nodes[other].events_of("link_down") == []
         assert nodes[other].state is MeshState.READY
@@ -335,8 +343,8 @@ async def test_backoff_grows_caps_and_resets_after_a_link(autojump_clock):
         # Then it is capped.
         assert max(gaps) <= maximum + EPS
         assert all(gap >= maximum / 2 - EPS for gap in gaps[4:])
-        assert node.daemon.supervisor.peers[1].failures == len(attempts)
-        assert "refused" in (node.daemon.supervisor.peers[1].last_error or "")
+        assert node.daemon.model.rows[1].failures == len(attempts)
+        assert "refused" in (node.daemon.model.rows[1].last_error or "")
 
         # A successful link resets the back-off: after the peer goes away the retries start over from `initial`.
         peer = await start_node(nursery, make_daemon(net, config, 1))
@@ -367,14 +375,14 @@ async def test_replacement_with_a_newer_epoch_fences_the_old_generation(autojump
             for node in nodes[:2]:
                 await node.finished.wait()
         for node in nodes[:2]:
-            assert node.exit_code == EXIT_FENCED
+            assert node.exit_code == ExitCode.FENCED
             assert node.state is MeshState.FENCED
             [(fenced_at, event)] = node.events_of("fenced")
             assert "epoch 2" in event["reason"]
             assert event["epoch"] == 1
             # The daemon lingers exactly FENCE_LINGER so that watchers get the event, then run() returns.
             assert node.finished_at == pytest.approx(fenced_at + FENCE_LINGER, abs=EPS)
-            assert node.daemon.supervisor.exit_code == EXIT_FENCED
+            assert node.daemon.exit_code == ExitCode.FENCED
         # The new generation is not fenced by the old one: it keeps running, waiting for its peers.
         await trio.sleep(1)
         assert not replacement.finished.is_set()
@@ -397,7 +405,7 @@ async def test_a_stale_daemon_fences_itself_and_the_ready_mesh_never_notices(aut
         stale = await start_node(nursery, make_daemon(net, stale_config, 2, epoch=0, incarnation=0x0BAD))
         with trio.fail_after(1):
             await stale.finished.wait()
-        assert stale.exit_code == EXIT_FENCED
+        assert stale.exit_code == ExitCode.FENCED
         [(_, event)] = stale.events_of("fenced")
         assert "epoch 1" in event["reason"]
         assert any(connection.source == stale.daemon.mesh_address for connection in net.connections)
@@ -443,7 +451,7 @@ async def test_a_new_incarnation_replaces_the_old_link_and_is_reported(autojump_
             assert kinds == ["peer_restarted", "link_up"], fresh  # and no link_down: the link moved over
             assert fresh[0][1]["peer"] == 2
             assert fresh[0][1]["incarnation"] == f"{0x2222:016x}"
-            status = node.daemon.supervisor.peers[2]
+            status = node.daemon.model.rows[2]
             assert status.state is PeerState.UP
             assert status.incarnation == 0x2222 != old_incarnation
             assert (status.connects, status.failures) == (before[(node.index, 2)][1] + 1, before[(node.index, 2)][2])
@@ -496,7 +504,7 @@ async def test_a_replaced_incarnation_that_wakes_up_cannot_win_its_slot_back(aut
         assert any(c.source == address(2) and c.opened > resumed_at for c in net.connections)
         assert zombie.state is MeshState.DEGRADED
         for peer in (0, 1):
-            status = zombie.daemon.supervisor.peers[peer]
+            status = zombie.daemon.model.rows[peer]
             assert status.state is PeerState.DOWN
             errors = f"{status.last_error} / {status.last_attempt_error}"
             assert "retired" in errors or "replaced" in errors, errors
@@ -520,7 +528,7 @@ async def test_a_restart_at_the_same_address_and_epoch_is_reported_as_peer_resta
             [(_, event)] = node.events_of("peer_restarted")
             assert event["peer"] == 2
             assert event["incarnation"] == f"{0x2222:016x}"
-            assert node.daemon.supervisor.peers[2].incarnation == 0x2222
+            assert node.daemon.model.rows[2].incarnation == 0x2222
         await trio.sleep(2 * config.timeouts.heartbeat_timeout)
         assert all_ready(nodes)
         assert_one_connection_per_pair(net, nodes)
@@ -538,7 +546,7 @@ async def test_orderly_stop_returns_0_and_peers_see_it_leave(autojump_clock):
         await nodes[2].daemon.stop("test")
         with trio.fail_after(STOP_GRACE + PARTING_TIMEOUT):
             await nodes[2].finished.wait()
-        assert nodes[2].exit_code == EXIT_OK
+        assert nodes[2].exit_code == ExitCode.OK
         assert nodes[2].state is MeshState.STOPPING
         assert [event["event"] for _, event in nodes[2].events][-1] == "stopping"
         await wait_until(lambda: all(node.state is MeshState.DEGRADED for node in nodes[:2]), 0.1)

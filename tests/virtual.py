@@ -17,11 +17,11 @@ from attrs import define, field
 
 from meshd.config import Config, structure
 from meshd.core.address import Address
+from meshd.core.status import MeshState
 from meshd.core.wire import Epoch, Frame, FrameDecoder
 from meshd.daemon import Daemon, Settings
 from meshd.link import Session
 from meshd.simnet import MemoryListener, MemoryNetwork
-from meshd.supervisor import MeshState
 
 CLUSTER = "t"
 # Virtual seconds between the starts of the daemons of a mesh: far less than the first back-off.
@@ -186,7 +186,7 @@ class Node:
 
     @property
     def state(self) -> MeshState:
-        return self.daemon.supervisor.state
+        return self.daemon.model.state
 
     def session(self, peer: int) -> Session | None:
         return self.daemon.links[peer]._session
@@ -208,14 +208,16 @@ class Node:
             nursery.cancel_scope.cancel()
 
     async def _record(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.daemon.supervisor.events.subscribe() as channel:
+        with self.daemon.bus.subscribe() as channel:
             task_status.started()
             async for event in channel:
                 now = trio.current_time()
-                self.events.append((now, event))
+                self.events.append((now, event.to_json()))
                 at_once = sum(1 for when, _ in self.events[-STORM_EVENTS:] if when == now)
                 if at_once >= STORM_EVENTS:
-                    raise EventStorm(f"node {self.index} published {at_once} events at virtual time {now}: {event}")
+                    raise EventStorm(
+                        f"node {self.index} published {at_once} events at virtual time {now}: {event.to_json()}"
+                    )
 
 
 def make_daemon(
@@ -302,5 +304,5 @@ def link_snapshot(nodes: Sequence[Node]) -> dict[tuple[int, int], tuple[object, 
     return {
         (node.index, peer): (node.session(peer), status.connects, status.failures)
         for node in nodes
-        for peer, status in node.daemon.supervisor.peers.items()
+        for peer, status in node.daemon.model.rows.items()
     }

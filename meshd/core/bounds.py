@@ -1,4 +1,5 @@
-"""The design's liveness bound as code (docs/design.md §5), shared by the simulation and the chaos trials."""
+"""The design's liveness bound as code (docs/design.md §5, where each term is derived), shared by the simulation and
+the chaos trials."""
 
 from __future__ import annotations
 
@@ -14,12 +15,23 @@ class Timeouts(Protocol):
     backoff_max: float
 
 
-def liveness_bound(timeouts: Timeouts, size: int, restart_delay: float, start_time: float, delta: float) -> float:
-    """B = 2H + 2·(D + S) + (N + 2)·(b + c + h) + h + 2δ: after the last fault, every process is ready by then.
+def round_time(timeouts: Timeouts) -> float:
+    """R = b + c + h: within R, every two live processes with no link between them end an exchange (a dial loop
+    waits at most b after an attempt, and an attempt takes at most c to connect and h to exchange hellos)."""
+    return timeouts.backoff_max + timeouts.connect + timeouts.handshake
 
-    H heartbeat timeout, D restart delay, S start time, N processes, b back-off cap, c connect and h handshake
-    timeouts, δ the network's delay once it is timely again.
+
+def liveness_bound(timeouts: Timeouts, size: int, restart_delay: float, start_time: float, delta: float) -> float:
+    """B = max(H, h) + 7R + 2(D + S) + b + (N - 1)(c + h) + 3δ: after the last fault, every process is ready in one
+    generation by then.
+
+    H heartbeat timeout, h handshake, c connect, b back-off cap, R = b + c + h, D restart delay, S start time,
+    N processes, δ the network's delay once it is timely again. The phases (docs/design.md §5): dead links and
+    pending exchanges end (max(H, h) + δ); two waves of exits of processes sealed before, each 2R plus a restart
+    (D + S); stale memberships resolved (2R); everybody in the newest generation (b + (N - 1)(c + h)); links (R);
+    views and ready flags (2δ).
     """
-    heartbeat = timeouts.heartbeat_timeout
-    per_dial = timeouts.backoff_max + timeouts.connect + timeouts.handshake
-    return 2 * heartbeat + 2 * (restart_delay + start_time) + (size + 2) * per_dial + timeouts.handshake + 2 * delta
+    r = round_time(timeouts)
+    c, h, b = timeouts.connect, timeouts.handshake, timeouts.backoff_max
+    settle = max(timeouts.heartbeat_timeout, h) + delta
+    return settle + 7 * r + 2 * (restart_delay + start_time) + b + (size - 1) * (c + h) + 2 * delta

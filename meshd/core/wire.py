@@ -11,13 +11,17 @@ Payloads:
     HELLO      magic "MSHD", u16 version, u16 sender, u16 target (NO_TARGET from a listener),
                u64 epoch.major, u64 epoch.minor, u64 incarnation, u8 flags (bit 0: self-minted generations),
                u8 name length, cluster name (UTF-8)
-    REFUSE     u8 RefuseReason, u64 epoch.major, u64 epoch.minor (the refuser's), u16 length, detail (UTF-8)
+    ACCEPT     empty: the sender's answer to the peer's hello is "link"
+    REFUSE     u8 RefuseReason, u64 epoch.major, u64 epoch.minor (the refuser's), u16 length, detail (UTF-8): the
+               sender's answer to the peer's hello is "no link", and why
     HEARTBEAT  empty
     GOODBYE    u16 length, reason (UTF-8)
-    VIEW       u64 epoch.major, u64 epoch.minor, u16 count, count x u64: the incarnation the sender links to for
-               every slot, its own included, 0 for a slot it has never linked
+    VIEW       u64 epoch.major, u64 epoch.minor, u8 flags (bit 0: the sender is ready with this view), u16 count,
+               count x u64: the incarnation the sender links to in every slot, its own included, 0 while down
 
-Magic and version lead the hello so that a peer speaking another version is recognised before the rest is parsed.
+Every connection starts with two rounds: both ends send a HELLO at once, then each answers the other's with ACCEPT
+or REFUSE (or GOODBYE when it is stopping). Magic and version lead the hello so that a peer speaking another version
+is recognised before the rest is parsed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from attrs import frozen
 from meshd.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"MSHD"
-PROTOCOL_VERSION = 1
+# Version 2: the answer round (ACCEPT/REFUSE after both hellos), the BEHIND and BAD_EPOCH reasons, the VIEW flags.
+PROTOCOL_VERSION = 2
 # A hello is under 300 bytes; anything near this limit is garbage or an attack, never a meshd peer.
 MAX_FRAME_SIZE = 64 * 1024
 # The target index a listener puts in its hello: it learns who dialed only from the dialer's hello.
@@ -45,7 +50,9 @@ U64_MAX = 2**64 - 1
 _LENGTH = struct.Struct(">I")
 _HELLO_HEAD = struct.Struct(">4sH")
 _HELLO_BODY = struct.Struct(">HHQQQBB")
-_VIEW_HEAD = struct.Struct(">QQH")
+_VIEW_HEAD = struct.Struct(">QQBH")
+# View flag: the sender is ready with this view.
+VIEW_READY = 0x01
 _INCARNATION = struct.Struct(">Q")
 # Hello flag: the sender mints and adopts its own generations (``--epoch auto``) instead of taking a fixed epoch.
 FLAG_AUTO = 0x01
@@ -55,22 +62,28 @@ _TEXT_HEAD = struct.Struct(">H")
 
 class FrameType(enum.IntEnum):
     HELLO = 1  # first frame on every connection, from both ends
-    REFUSE = 2  # why the sender will close this connection instead of linking
+    REFUSE = 2  # the sender's answer to the peer's hello: no link, and why
     HEARTBEAT = 3  # liveness on an up link
     GOODBYE = 4  # the sender is shutting down on purpose; the link ends without an error
     VIEW = 5  # which incarnation of every slot the sender is linked to: the mesh is ready when all views agree
+    ACCEPT = 6  # the sender's answer to the peer's hello: link (the link is up once both ends accepted)
 
 
 class RefuseReason(enum.IntEnum):
-    STALE_EPOCH = 1  # the receiver runs an older epoch: it learns it is stale and fences itself
+    """Why the sender answers the receiver's hello with "no link". Code 6 (DUPLICATE, never sent) is retired."""
+
+    STALE_EPOCH = 1  # the receiver's epoch is older than the sender's; (auto) it may join the sender's generation
     WRONG_CLUSTER = 2  # the hello names another cluster
     WRONG_INDEX = 3  # the sender or target index does not fit the receiver's view of the cluster
     BAD_VERSION = 4  # the peer speaks a protocol version we do not
     PROTOCOL_ERROR = 5  # the peer sent bytes that are not valid meshd frames
-    DUPLICATE = 6  # a link to this peer is already up and wins the tie-break
-    RETIRED = 7  # the receiver's incarnation was replaced by a newer process in its slot
-    SEALED = 8  # the receiver's generation became ready without the receiver: it must mint a newer one
+    RETIRED = 7  # the sender's ready mesh holds the receiver's slot with another incarnation (or, fixed epochs, a
+    #              newer incarnation of that slot holds the link): the receiver is a duplicate; nothing changes
+    SEALED = 8  # (auto) the sender's generation has another incarnation in the receiver's slot: the receiver may not
+    #             join it and must leave it (mint a newer generation) or, once sealed, exit
     WRONG_MODE = 9  # one end takes fixed epochs, the other mints its own generations
+    BEHIND = 10  # the sender's epoch is older than the receiver's: the sender follows (adopts, mints above, or exits)
+    BAD_EPOCH = 11  # (auto) the receiver's generation lies beyond the range generations may take
 
 
 @total_ordering
@@ -114,6 +127,11 @@ class Hello:
 
 
 @frozen
+class Accept:
+    """The answer "link" to the peer's hello."""
+
+
+@frozen
 class Refuse:
     reason: RefuseReason
     epoch: Epoch
@@ -132,13 +150,21 @@ class Goodbye:
 
 @frozen
 class View:
-    """The sender's view of generation ``epoch``: ``incarnations[k]`` is the process it links to in slot k."""
+    """The sender's view of generation ``epoch``: ``incarnations[k]`` is the process it links to in slot k; ``ready``
+    says that the sender is ready with exactly this view."""
 
     epoch: Epoch
     incarnations: tuple[int, ...]
+    ready: bool = False
+
+    def same_mesh(self, other: View | None) -> bool:
+        """Whether ``other`` names the same processes in the same generation (readiness aside)."""
+        return other is not None and self.epoch == other.epoch and self.incarnations == other.incarnations
 
 
-Frame = Hello | Refuse | Heartbeat | Goodbye | View
+Frame = Hello | Accept | Refuse | Heartbeat | Goodbye | View
+# What one end says after reading the other's hello.
+Answer = Accept | Refuse | Goodbye
 
 
 def _text(data: str, limit: int) -> bytes:
@@ -181,13 +207,17 @@ def _encode(frame: Frame) -> bytes:
         case Heartbeat():
             body = b""
             kind = FrameType.HEARTBEAT
+        case Accept():
+            body = b""
+            kind = FrameType.ACCEPT
         case Goodbye():
             reason = _text(frame.reason, 1024)
             body = _TEXT_HEAD.pack(len(reason)) + reason
             kind = FrameType.GOODBYE
         case View():
             count = len(frame.incarnations)
-            body = _VIEW_HEAD.pack(frame.epoch.major, frame.epoch.minor, count) + struct.pack(
+            flags = VIEW_READY if frame.ready else 0
+            body = _VIEW_HEAD.pack(frame.epoch.major, frame.epoch.minor, flags, count) + struct.pack(
                 f">{count}Q", *frame.incarnations
             )
             kind = FrameType.VIEW
@@ -252,10 +282,11 @@ def _decode_refuse(payload: bytes) -> Refuse:
 def _decode_view(payload: bytes) -> View:
     if len(payload) < _VIEW_HEAD.size:
         raise RemoteProtocolError("truncated view frame")
-    major, minor, count = _VIEW_HEAD.unpack_from(payload)
+    major, minor, flags, count = _VIEW_HEAD.unpack_from(payload)
     if len(payload) != _VIEW_HEAD.size + count * _INCARNATION.size:
         raise RemoteProtocolError("view frame length does not match its count")
-    return View(Epoch(major, minor), struct.unpack_from(f">{count}Q", payload, _VIEW_HEAD.size))
+    incarnations = struct.unpack_from(f">{count}Q", payload, _VIEW_HEAD.size)
+    return View(Epoch(major, minor), incarnations, bool(flags & VIEW_READY))
 
 
 def decode_frame(kind: int, payload: bytes) -> Frame:
@@ -271,6 +302,10 @@ def decode_frame(kind: int, payload: bytes) -> Frame:
             return Heartbeat()
         case FrameType.GOODBYE:
             return Goodbye(_decode_text(payload, 0, "goodbye"))
+        case FrameType.ACCEPT:
+            if payload:
+                raise RemoteProtocolError("accept with a payload")
+            return Accept()
         case FrameType.VIEW:
             return _decode_view(payload)
     raise RemoteProtocolError(f"unknown frame type {kind}")

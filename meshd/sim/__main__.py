@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from meshd.sim.campaign import Summary, default_jobs, describe_failure, mode_of, run_seed, run_seeds
+from meshd.sim.campaign import FAILURES_SHOWN, Summary, default_jobs, describe_failure, mode_of, run_seed, run_seeds
+from meshd.sim.search import planned, search
 from meshd.sim.variants import VARIANTS
+from meshd.sim.world import run
 
 
 def positive(text: str) -> int:
@@ -44,6 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=positive, default=default_jobs(), help="worker processes (default: cores)")
     parser.add_argument("--replay", type=int, metavar="SEED", help="run one seed and print its schedule and trace")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summary as JSON")
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="instead of random seeds, run the targeted search over fault timings (meshd.sim.search); with "
+        "--replay N, replay its schedule N",
+    )
+    parser.add_argument("--coarse", action="store_true", help="with --search: a coarser grid (the test suite's)")
     args = parser.parse_args(argv)
     if args.size < 2:
         parser.error("--size must be at least 2")
@@ -63,8 +72,36 @@ def replay(args: argparse.Namespace) -> int:
     return 1
 
 
+def run_search(args: argparse.Namespace) -> int:
+    if args.replay is not None:
+        schedule = planned(args.size, args.replay, coarse=args.coarse)
+        outcome = run(schedule, args.variant)
+        print("\n".join(outcome.trace))
+        print("\n".join(schedule.describe()))
+        print(f"{'ok' if outcome.ok else 'FAILED: ' + str(outcome.failure)}; exits per slot {outcome.exits}")
+        print("\n".join(f"  {violation}" for violation in outcome.violations))
+        return 0 if outcome.ok else 1
+    started = time.monotonic()
+    summary, failing = search(args.size, args.variant, args.jobs, coarse=args.coarse)
+    print("\n".join(summary.report()))
+    print(f"  wall time        {time.monotonic() - started:.1f}s on {args.jobs} worker(s)")
+    for schedule, outcome in zip(failing[:FAILURES_SHOWN], summary.failures, strict=False):
+        print()
+        print(f"FAIL search schedule {schedule.seed}: {outcome.failure}")
+        print("\n".join(schedule.describe()))
+        print("\n".join(f"  {violation}" for violation in outcome.violations))
+        coarse = " --coarse" if args.coarse else ""
+        variant = f" --variant {args.variant}" if args.variant else ""
+        print(f"  replay: python -m meshd.sim --search{coarse} --size {args.size}{variant} --replay {schedule.seed}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary.to_json(), indent=2))
+    return 0 if summary.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.search:
+        return run_search(args)
     if args.replay is not None:
         return replay(args)
     summary = Summary(args.size, args.mode, args.variant)

@@ -1,6 +1,6 @@
 """The design's safety properties (docs/design.md §4), checked against the live daemons after every step.
 
-The checker reads the daemons' own state (supervisor, links) and the simulated network's connections; it never
+The checker reads the daemons' own state (mesh model, links) and the simulated network's connections; it never
 drives anything. Each violation is a line of text naming the property, the virtual time and the processes.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from meshd.core.status import MeshState
 from meshd.core.wire import Epoch, View
-from meshd.supervisor import EXIT_FENCED, MeshState
+from meshd.errors import ExitCode
 
 if TYPE_CHECKING:
     from meshd.sim.world import Process
@@ -19,9 +20,20 @@ if TYPE_CHECKING:
 EXIT_BIND_FAILED = 1
 
 
+# How long a ready process may not yet know that a link of its mesh went down at a member, once the network is timely
+# (virtual seconds): the member's partial VIEW takes one latency (at most 2 ms here) and one delivery tick.
+READY_LAG = 0.01
+
+
 class SafetyChecker:
-    def __init__(self, auto: bool) -> None:
+    """S1, D and R3's promise always; S2 and S4 only while no slot had two live incarnations at once (A5): a run with
+    a zombie (``duplicates``) can hold two disjoint meshes of one generation, which no protocol without a quorum
+    can exclude."""
+
+    def __init__(self, auto: bool, *, duplicates: bool = False) -> None:
         self.auto = auto
+        self.duplicates = duplicates
+        self.timely_from = float("inf")  # set at the last fault: from then on the network is timely (A2)
         self.violations: list[str] = []
         self.first_ready: dict[Epoch, float] = {}  # when some process was first ready in each generation
         self.newest_epoch: Epoch | None = None  # the newest epoch any process has held
@@ -39,8 +51,9 @@ class SafetyChecker:
         self._links_share_epochs(now, live)
         ready = [process for process in live if process.state is MeshState.READY]
         self._ready_views_agree(now, ready)
-        if self.auto:
+        if self.auto and not self.duplicates:
             self._no_rejoin_of_ready_generation(now, ready)
+        self._ready_means_every_link_is_up(now, ready, live)
 
     def _links_share_epochs(self, now: float, live: Sequence[Process]) -> None:
         """S1 (and S3): both ends of an up link hold the same epoch."""
@@ -60,17 +73,39 @@ class SafetyChecker:
                     )
 
     def _ready_views_agree(self, now: float, ready: Sequence[Process]) -> None:
-        """S2: processes ready in one generation have one view: one incarnation per slot."""
-        views: dict[Epoch, tuple[Process, View]] = {}
+        """D: two views ready in one generation are equal or share no process; S2 (under A5): they are equal."""
+        views: dict[Epoch, list[tuple[Process, View]]] = {}
         for process in ready:
             view = process.view()
-            first = views.setdefault(view.epoch, (process, view))
-            if first[1] != view:
-                self.violate(
-                    now,
-                    f"S2: pid {first[0].pid} and pid {process.pid} are ready in {view.epoch} with different views "
-                    f"{_short(first[1])} and {_short(view)}",
-                )
+            for other, seen in views.setdefault(view.epoch, []):
+                if seen == view:
+                    continue
+                shared = any(a == b for a, b in zip(seen.incarnations, view.incarnations, strict=True))
+                if shared or not self.duplicates:
+                    rule = "D" if shared else "S2"
+                    self.violate(
+                        now,
+                        f"{rule}: pid {other.pid} and pid {process.pid} are ready in {view.epoch} with different "
+                        f"views {_short(seen)} and {_short(view)}",
+                    )
+            views[view.epoch].append((process, view))
+
+    def _ready_means_every_link_is_up(self, now: float, ready: Sequence[Process], live: Sequence[Process]) -> None:
+        """R3: once the network is timely, no process stays ready longer than READY_LAG after a member of its mesh
+        saw one of its links go down."""
+        by_incarnation = {process.daemon.me.incarnation: process for process in live}
+        for process in ready:
+            for incarnation in process.view().incarnations:
+                member = by_incarnation.get(incarnation)
+                if member is None or member is process:
+                    continue
+                for peer, since in member.down_since.items():
+                    if since >= self.timely_from and now > since + READY_LAG:
+                        self.violate(
+                            now,
+                            f"R3: pid {process.pid} is ready though pid {member.pid}'s link to slot {peer} has been "
+                            f"down since {since:.6f}",
+                        )
 
     def _no_rejoin_of_ready_generation(self, now: float, ready: Sequence[Process]) -> None:
         """S4: a process born after its generation was first ready is never ready in it."""
@@ -89,7 +124,7 @@ class SafetyChecker:
         And none at all from a process started after the last fault, unless the controller started it stale.
         """
         code = process.exit_code
-        if code == EXIT_FENCED:
+        if code == ExitCode.FENCED:
             if self.newest_epoch is None or not self.newest_epoch > process.epoch:
                 self.violate(now, f"S5: pid {process.pid} exited 75 in {process.epoch} with no newer epoch anywhere")
         elif code == EXIT_BIND_FAILED:

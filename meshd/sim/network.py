@@ -8,8 +8,9 @@ latency, or not at all while the path is cut. Every fault is silent unless TCP i
   answered with a reset;
 - a lossy path loses segments, each lost one arriving a retransmission timeout later (TCP's head-of-line delay);
 - a slow path adds latency;
-- a paused process (SIGSTOP) sends and reads nothing and its closes wait for it, but its kernel keeps the
-  connections open and completes handshakes into its listen backlog;
+- a paused process (SIGSTOP) sends, reads and accepts nothing and its closes wait for it, but its kernel keeps the
+  connections open and completes handshakes into its listen backlog, which the process serves after it resumes
+  (a hello whose sender died meanwhile is then read and judged: a ghost hello);
 - a killed process's kernel closes its sockets (FIN), a crashed host says nothing at all until it is back up;
 - a reset (a middlebox, or a host rebooting under a connection) breaks a connection at both ends.
 
@@ -205,7 +206,12 @@ class SimListener(trio.abc.Listener[trio.abc.Stream]):
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused") from exc
 
     async def accept(self) -> trio.abc.Stream:
-        return await self._receive.receive()
+        """The next connection of the backlog; a paused process takes none (SIGSTOP: the kernel keeps completing
+        handshakes into the backlog, and the process serves them after it resumes, hellos of the dead included)."""
+        await self._network.wait_running(self.owner)
+        stream = await self._receive.receive()
+        await self._network.wait_running(self.owner)  # paused while it waited: served after the resume
+        return stream
 
     async def aclose(self) -> None:
         self.close()
@@ -351,6 +357,10 @@ class SimNetwork:
             self._courier_wait = None
 
     # ----- what a daemon's calls do -----
+
+    def settled_by(self) -> float:
+        """When everything already sent will have arrived on a path that is now timely (at the latest)."""
+        return max([trio.current_time(), *(arrival for arrival, _, _ in self._arrivals)])
 
     def is_cut(self, source: Address, target: Address) -> bool:
         return (source, target) in self._cut or source in self.down_hosts or target in self.down_hosts

@@ -13,10 +13,11 @@ from typing import Any
 import trio
 from attrs import evolve
 
-from meshd import handshake, link, supervisor
-from meshd.connection import FramedConnection
-from meshd.core.wire import Goodbye, Hello, Refuse
-from meshd.handshake import Identity, Judgement
+from meshd import link
+from meshd.core import hello as hello_rules
+from meshd.core import mesh
+from meshd.core.hello import Action, Identity, Judgement, Outcome, Standing
+from meshd.core.wire import Hello, RefuseReason
 
 
 @contextlib.contextmanager
@@ -31,23 +32,15 @@ def _patched(owner: Any, name: str, replacement: Callable[..., Any]) -> Iterator
 
 @contextlib.contextmanager
 def no_epoch_check() -> Iterator[None]:
-    """Hellos are judged, and links installed, as if the peer's epoch were ours: old and new incarnations mesh."""
+    """Hellos are judged as if the peer's epoch were ours: old and new incarnations mesh."""
 
     def judge(original: Callable[..., Judgement]) -> Callable[..., Judgement]:
-        def blind(
-            me: Identity, hello: Hello, expected_peer: int | None, holders: tuple[int, ...] | None = None
-        ) -> Judgement:
-            return original(evolve(me, epoch=hello.epoch), hello, expected_peer, holders)
+        def blind(me: Identity, hello: Hello, *args: Any) -> Judgement:
+            return original(evolve(me, epoch=hello.epoch), hello, *args)
 
         return blind
 
-    def offer(original: Callable[..., Refuse | Goodbye | None]) -> Callable[..., Refuse | Goodbye | None]:
-        def blind(self: link.PeerLink, conn: FramedConnection, hello: Hello, dialer: int) -> Refuse | Goodbye | None:
-            return original(self, conn, evolve(hello, epoch=self.me.epoch), dialer)
-
-        return blind
-
-    with _patched(handshake, "judge", judge), _patched(link.PeerLink, "offer", offer):
+    with _patched(hello_rules, "judge", judge):
         yield
 
 
@@ -58,12 +51,10 @@ def classic_no_redial() -> Iterator[None]:
     A link lost after that (a reset, a timed-out partition) is never re-established by either end.
     """
 
-    def offer(original: Callable[..., Refuse | Goodbye | None]) -> Callable[..., Refuse | Goodbye | None]:
-        def once(self: link.PeerLink, conn: FramedConnection, hello: Hello, dialer: int) -> Refuse | Goodbye | None:
-            refusal = original(self, conn, hello, dialer)
-            if refusal is None:
-                self._dialing.cancel()
-            return refusal
+    def start(original: Callable[..., None]) -> Callable[..., None]:
+        def once(self: link.PeerLink, session: link.Session, replaced: link.Session | None) -> None:
+            original(self, session, replaced)
+            self._dialing.cancel()
 
         return once
 
@@ -74,7 +65,7 @@ def classic_no_redial() -> Iterator[None]:
 
         return then_idle
 
-    with _patched(link.PeerLink, "offer", offer), _patched(link.PeerLink, "_dial_loop", dial_loop):
+    with _patched(link.PeerLink, "start", start), _patched(link.PeerLink, "_dial_loop", dial_loop):
         yield
 
 
@@ -83,12 +74,97 @@ def no_view_agreement() -> Iterator[None]:
     """Ready as soon as every link is up, without comparing views (the R3 mutation of the spin model)."""
 
     def agreed(original: Callable[..., bool]) -> Callable[..., bool]:
-        def connected(self: supervisor.Supervisor) -> bool:
-            return all(peer.state is supervisor.PeerState.UP for peer in self.peers.values())
+        def connected(self: mesh.MeshModel) -> bool:
+            return self.full()
 
         return connected
 
-    with _patched(supervisor.Supervisor, "_agreed", agreed):
+    with _patched(mesh.MeshModel, "agreed", agreed):
+        yield
+
+
+@contextlib.contextmanager
+def _entries(table: dict[Any, Any], changes: dict[Any, Any]) -> Iterator[None]:
+    """Change some entries of a rule table (None removes one) for the duration of a run."""
+    saved = {key: table.get(key) for key in changes}
+    for key, value in changes.items():
+        table.pop(key, None) if value is None else table.__setitem__(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            table.pop(key, None) if value is None else table.__setitem__(key, value)
+
+
+@contextlib.contextmanager
+def no_leave() -> Iterator[None]:
+    """The first design's rule: only the refused end of a SEALED exchange acts (it mints, unless it is sealed); the
+    refusing end keeps its generation, and a sealed process never leaves one that can no longer be complete."""
+    answers = ("ACCEPT", "GOODBYE", *RefuseReason.__members__)
+    changes: dict[Any, Any] = {(Action.LEAVE, answer): None for answer in answers}
+    with (
+        _entries(hello_rules.CONCLUSIONS, changes),
+        _entries(hello_rules.MOVES, {(Outcome.LEAVE, Standing.SEALED): None}),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def no_consent() -> Iterator[None]:
+    """The first design's rule: a newer generation is adopted even when it already holds our slot."""
+    with _entries(hello_rules.CONCLUSIONS, {(Action.FOLLOW, "SEALED"): Outcome.ADOPT}):
+        yield
+
+
+@contextlib.contextmanager
+def full_views_only() -> Iterator[None]:
+    """The first design's rule: views travel only when full, so a link down leaves the peers ready."""
+
+    def announce(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        def only_full(self: mesh.MeshModel) -> list[Any]:
+            self.sent_full = False
+            return original(self) if self.full() else []
+
+        return only_full
+
+    with _patched(mesh.MeshModel, "_announce", announce):
+        yield
+
+
+@contextlib.contextmanager
+def hello_alone() -> Iterator[None]:
+    """A hello takes effect without the peer's answer, so a ghost hello (its sender dead) decides as a live one."""
+
+    def conclude(original: Callable[..., Outcome]) -> Callable[..., Outcome]:
+        def unanswered(action: Action, answer: Any) -> Outcome:
+            if answer is None and action in (Action.FOLLOW, Action.LEAVE):
+                return Outcome.ADOPT if action is Action.FOLLOW else Outcome.LEAVE
+            return original(action, answer)
+
+        return unanswered
+
+    with _patched(hello_rules, "conclude", conclude):
+        yield
+
+
+@contextlib.contextmanager
+def stale_own_hello() -> Iterator[None]:
+    """An exchange is judged even when our own hello on it predates our last move (it no longer says who we are)."""
+
+    def judge(original: Callable[..., Any]) -> Callable[..., Any]:
+        def forgetful(self: mesh.MeshModel, hello: Hello, expected_peer: int | None, sent: Any) -> Any:
+            return original(self, hello, expected_peer, self.me.epoch)
+
+        return forgetful
+
+    with _patched(mesh.MeshModel, "judge", judge):
+        yield
+
+
+@contextlib.contextmanager
+def first_design() -> Iterator[None]:
+    """Every rule of the fix reverted at once: the rules the first proof was written for."""
+    with no_leave(), no_consent(), full_views_only(), hello_alone(), stale_own_hello():
         yield
 
 
@@ -96,4 +172,12 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "no-epoch-check": no_epoch_check,
     "classic-no-redial": classic_no_redial,
     "no-view-agreement": no_view_agreement,
+    "no-leave": no_leave,
+    "no-consent": no_consent,
+    "full-views-only": full_views_only,
+    "hello-alone": hello_alone,
+    "stale-own-hello": stale_own_hello,
+    "first-design": first_design,
 }
+# The variants that each revert one rule of the fix of the first design's wedge (docs/design.md, §8).
+FIX_REVERTED = ("no-leave", "no-consent", "full-views-only", "hello-alone", "stale-own-hello")

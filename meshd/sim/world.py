@@ -12,7 +12,6 @@ import contextlib
 import random
 import traceback
 from collections.abc import Iterator
-from typing import Any
 
 import trio
 import trio.testing
@@ -22,9 +21,10 @@ from loguru import logger
 from meshd.config import Config, structure
 from meshd.core.address import Address
 from meshd.core.bounds import liveness_bound
+from meshd.core.status import LinkDown, LinkUp, MeshEvent, MeshState
 from meshd.core.wire import Epoch, View
 from meshd.daemon import Daemon, Settings
-from meshd.errors import BindError
+from meshd.errors import BindError, ExitCode
 from meshd.net import BIND_RETRY_INTERVAL
 from meshd.sim.checker import SafetyChecker
 from meshd.sim.network import Attachment, SimNetwork, SimStream
@@ -44,7 +44,6 @@ from meshd.sim.schedule import (
     Zombie,
 )
 from meshd.sim.variants import VARIANTS
-from meshd.supervisor import EXIT_FENCED, MeshState
 
 # The orchestrator's restart delay (the design's D).
 RESTART_DELAY = 0.2
@@ -93,6 +92,7 @@ class Process:
     exit_code: int | None = None
     killed: bool = False
     stale: bool = False  # started by the controller with an epoch older than its newest (a broken A4, on purpose)
+    down_since: dict[int, float] = field(factory=dict)  # peer -> virtual time its link went down here
 
     @property
     def alive(self) -> bool:
@@ -104,10 +104,10 @@ class Process:
 
     @property
     def state(self) -> MeshState:
-        return self.daemon.supervisor.state
+        return self.daemon.model.state
 
     def view(self) -> View:
-        return self.daemon.supervisor.view()
+        return self.daemon.model.view()
 
     def link_streams(self) -> Iterator[tuple[int, SimStream]]:
         for peer, link in self.daemon.links.items():
@@ -160,7 +160,8 @@ class World:
         self.controller_epoch = Epoch(1)
         self.epoch_bumps = 0
         self._restart_epoch: dict[int, str] = {}
-        self.checker = SafetyChecker(self.auto)
+        duplicates = any(isinstance(fault, Zombie) for fault in schedule.faults)
+        self.checker = SafetyChecker(self.auto, duplicates=duplicates)
         self.dirty = True
         self.converged_at: float | None = None
         self.finished = False  # the run is over: the processes are being torn down, not exiting
@@ -176,9 +177,14 @@ class World:
         self.trace.append(f"{trio.current_time():.6f} {text}")
         self.dirty = True
 
-    def _on_event(self, process: Process, event: dict[str, Any]) -> None:
-        fields = " ".join(f"{key}={value}" for key, value in event.items() if key not in ("event", "time", "index"))
-        self.note(f"pid {process.pid} slot {process.slot}: {event['event']} {fields}")
+    def _on_event(self, process: Process, event: MeshEvent) -> None:
+        if isinstance(event, LinkDown):
+            process.down_since[event.peer] = trio.current_time()
+        elif isinstance(event, LinkUp):
+            process.down_since.pop(event.peer, None)
+        data = event.to_json()
+        fields = " ".join(f"{key}={value}" for key, value in data.items() if key not in ("event", "time", "index"))
+        self.note(f"pid {process.pid} slot {process.slot}: {data['event']} {fields}")
 
     def check(self) -> None:
         """Run the safety checks and update convergence; called after every task step that changed something."""
@@ -220,7 +226,7 @@ class World:
         )
         process = Process(pid, slot, trio.current_time(), attachment, daemon)
         process.stale = epoch is not None and epoch < self.controller_epoch
-        daemon.supervisor.events.tap(lambda event: self._on_event(process, event))
+        daemon.bus.observe(lambda event: self._on_event(process, event))
         self.processes.append(process)
         self.current[slot] = process
         self.note(f"pid {pid} slot {slot}: started, epoch {daemon.me.epoch}, incarnation {daemon.me.incarnation:016x}")
@@ -260,7 +266,7 @@ class World:
                 await trio.sleep(RESTART_DELAY)
 
     def _next_epoch(self, process: Process) -> Epoch:
-        if process.exit_code == EXIT_FENCED and not process.killed and not process.attachment.displaced:
+        if process.exit_code == ExitCode.FENCED and not process.killed and not process.attachment.displaced:
             return self.controller_epoch
         kind = self._restart_epoch.pop(process.slot, "newer")
         if kind == "equal":
@@ -354,11 +360,16 @@ class World:
     def check_exit_counts(self) -> None:
         """The design's exits per process: fixed, at most one 75 per epoch the controller issued; auto, per fault.
 
-        A process the controller started stale (an older epoch, on purpose) is fenced by design and not counted.
+        A process the controller started stale (an older epoch, on purpose) is fenced by design and not counted,
+        nor is a zombie: it is the fault itself, not a surviving process.
         """
         limit = len(self.schedule.faults) if self.auto else self.epoch_bumps
         for slot in range(self.size):
-            fenced = [p for p in self.processes if p.slot == slot and p.exit_code == EXIT_FENCED and not p.stale]
+            fenced = [
+                p
+                for p in self.processes
+                if p.slot == slot and p.exit_code == ExitCode.FENCED and not p.stale and not p.attachment.displaced
+            ]
             if len(fenced) > limit:
                 self.checker.violate(
                     self.schedule.last_fault,
@@ -378,6 +389,7 @@ class World:
             last_fault = self.schedule.last_fault
             await trio.sleep_until(last_fault)
             self.note("last fault over")
+            self.checker.timely_from = self.net.settled_by()
             hold = HOLD_TIMEOUTS * self.config.timeouts.heartbeat_timeout
             converged_after = None
             with trio.move_on_at(last_fault + self.bound + hold):

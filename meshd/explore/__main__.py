@@ -1,0 +1,34 @@
+"""``python -m meshd.explore``: search every state of a small cluster under the real rules; exit 1 on a violation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshd.core.hello import EpochMode
+from meshd.explore.search import explore
+from meshd.sim.variants import VARIANTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshd.explore", description=__doc__)
+    parser.add_argument("--size", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--mode", choices=["auto", "fixed"], default="auto")
+    parser.add_argument("--faults", type=int, default=1, help="faults in a run: kill -9, zombie, timeout (default 1)")
+    parser.add_argument("--max-states", type=int, default=2_000_000, help="give up (and fail) beyond this many states")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="a deliberately broken rule (must fail)")
+    args = parser.parse_args(argv)
+    broken = VARIANTS[args.variant]() if args.variant else None
+    if broken is not None:
+        broken.__enter__()
+    try:
+        report = explore(args.size, EpochMode(args.mode), args.faults, max_states=args.max_states)
+    finally:
+        if broken is not None:
+            broken.__exit__(None, None, None)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
