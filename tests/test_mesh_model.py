@@ -6,6 +6,8 @@ are replayed at this level: the wedge of two sealed processes, a generation join
 members, and a ready mesh that did not notice a link down.
 """
 
+import contextlib
+
 import pytest
 
 from meshd.core.address import Address
@@ -17,6 +19,7 @@ from meshd.core.wire import U64_MAX, Epoch, Refuse, RefuseReason
 from meshd.errors import ExitCode, LocalProtocolError
 from meshd.explore.steps import deliver, dial
 from meshd.explore.world import Oracle, World
+from meshd.sim.variants import VARIANTS
 
 ADDRESSES = [Address("10.0.0.1", 7000), Address("10.0.0.2", 7000), Address("10.0.0.3", 7000)]
 
@@ -92,10 +95,20 @@ def test_an_older_generation_adopts_the_newer_one_in_place():
     assert w.converged()
 
 
-def test_two_sealed_processes_naming_each_others_dead_predecessor_both_leave():
+@pytest.mark.parametrize("variant", [None, "no-leave"])
+def test_two_sealed_processes_naming_each_others_dead_predecessor_both_leave(variant):
     """Finding 1: the wedge. Both sealed in g, each membership naming the other's dead predecessor; the old rules
-    refused each other with SEALED for ever. Now each concludes LEAVE and, sealed, exits 75: their successors form
-    a new generation."""
+    refused each other with SEALED for ever (variant ``no-leave``). Now each concludes LEAVE and, sealed, exits 75:
+    their successors form a new generation. (The proof starts from any state faults leave; this is one.)"""
+    with VARIANTS[variant]() if variant else contextlib.nullcontext():
+        if variant is None:
+            _wedge_resolves()
+        else:
+            with pytest.raises(AssertionError):
+                _wedge_resolves()
+
+
+def _wedge_resolves():
     g = Epoch(5000)
     w = world(2)
     a = w.spawn(0, g)
@@ -116,7 +129,17 @@ def test_two_sealed_processes_naming_each_others_dead_predecessor_both_leave():
     assert w.converged()
 
 
-def test_a_generation_that_holds_our_slot_is_not_adopted_but_outgrown():
+@pytest.mark.parametrize("variant", [None, "no-consent"])
+def test_a_generation_that_holds_our_slot_is_not_adopted_but_outgrown(variant):
+    with VARIANTS[variant]() if variant else contextlib.nullcontext():
+        if variant is None:
+            _outgrown()
+        else:
+            with pytest.raises(AssertionError):
+                _outgrown()
+
+
+def _outgrown():
     """Finding 1's first step: a newcomer meeting a ready generation whose member in its slot is another (dead)
     incarnation mints above it instead of joining it, and the sealed member then exits once."""
     w = formed(2)
@@ -151,16 +174,24 @@ def test_a_link_down_anywhere_takes_every_member_out_of_ready():
     assert m[0].link_ended(1, m[0].slots[1].current, "no heartbeat", 0.0)[-1:] != sent  # no second partial view
 
 
-def test_a_dead_senders_hello_decides_nothing():
-    """A ghost hello is judged (it may even make its sender a member), but without an answer nothing follows."""
+@pytest.mark.parametrize("variant", [None, "hello-alone"])
+def test_a_dead_senders_hello_decides_nothing(variant):
+    """A ghost hello is judged (it may even make its sender a member), but without an answer nothing follows; with
+    the first design's rule (``hello-alone``) its newer generation is joined."""
+    with VARIANTS[variant]() if variant else contextlib.nullcontext():
+        w = _ghost_hello_served()
+    moved = models(w)[0].generation_changes != 0
+    assert moved is (variant is not None)
+
+
+def _ghost_hello_served():
     w = world(2)
     w.spawn(0, Epoch(1000))
     ghost = w.spawn(1, Epoch(2000))
     dial(w, ghost.pid, w.current[0], 0)
     w.kill(ghost.pid, code=None)
     drain(w)
-    assert models(w)[0].me.epoch == Epoch(1000)
-    assert models(w)[0].generation_changes == 0
+    return w
 
 
 def test_an_exchange_judged_in_a_generation_we_left_is_void():

@@ -51,8 +51,9 @@ Minter = Callable[[Epoch | None], Epoch]
 TRANSITIONS: dict[MeshState, frozenset[MeshState]] = {
     MeshState.AWAITING: frozenset({MeshState.FORMING, MeshState.STOPPING, MeshState.FENCED}),
     MeshState.FORMING: frozenset({MeshState.READY, MeshState.STOPPING, MeshState.FENCED}),
-    MeshState.READY: frozenset({MeshState.DEGRADED, MeshState.STOPPING, MeshState.FENCED}),
-    MeshState.DEGRADED: frozenset({MeshState.READY, MeshState.STOPPING, MeshState.FENCED}),
+    # READY/DEGRADED -> FORMING: a process not yet sealed (its peers' ready flags not all in) moves generation.
+    MeshState.READY: frozenset({MeshState.DEGRADED, MeshState.FORMING, MeshState.STOPPING, MeshState.FENCED}),
+    MeshState.DEGRADED: frozenset({MeshState.READY, MeshState.FORMING, MeshState.STOPPING, MeshState.FENCED}),
     MeshState.STOPPING: frozenset(),
     MeshState.FENCED: frozenset(),
 }
@@ -413,7 +414,7 @@ class MeshModel:
         self._view_changed()
         self.sent_full = False
         effects.append(DropLinks(tuple(tokens), f"moved to generation {epoch}"))
-        return effects
+        return effects + self._set_state(MeshState.FORMING, f"moved to generation {epoch}", now)
 
     def _minted(self, above: Epoch) -> Epoch:
         assert self._mint is not None

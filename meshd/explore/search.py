@@ -25,7 +25,7 @@ from meshd.core.mesh import MeshModel
 from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Epoch
 from meshd.explore.steps import BIRTH_CAP, successors
-from meshd.explore.world import World
+from meshd.explore.world import FAULT_KINDS, World
 
 # Violations kept per kind (the first ones tell the story).
 KEEP = 3
@@ -38,6 +38,8 @@ class Report:
     size: int
     mode: str
     faults: int
+    kinds: frozenset[str]
+    crossed: bool
     states: int = 0
     edges: int = 0
     settled: int = 0
@@ -54,8 +56,11 @@ class Report:
 
     def lines(self) -> list[str]:
         verdict = "no violation" if self.ok else "FAILED"
+        kinds = "/".join(sorted(self.kinds))
+        dials = "" if self.crossed else ", no crossed dials"
         out = [
-            f"explored {self.size} processes, {self.mode} epochs, up to {self.faults} fault(s): {self.states} states,"
+            f"explored {self.size} processes, {self.mode} epochs, up to {self.faults} fault(s) ({kinds}{dials}): "
+            f"{self.states} states,"
             f" {self.edges} steps, {self.settled} after the last fault ({self.converged} converged), "
             f"{self.seconds:.1f}s: {verdict}"
         ]
@@ -72,8 +77,12 @@ class Report:
         return out
 
 
-def initial(size: int, mode: EpochMode, faults: int) -> World:
-    return World(size, mode, faults, current=[None] * size, exits=[0] * size, births=[0] * size)
+def initial(
+    size: int, mode: EpochMode, faults: int, kinds: frozenset[str] = FAULT_KINDS, *, crossed: bool = True
+) -> World:
+    return World(
+        size, mode, faults, current=[None] * size, exits=[0] * size, births=[0] * size, kinds=kinds, crossed=crossed
+    )
 
 
 def explore(
@@ -81,13 +90,15 @@ def explore(
     mode: EpochMode,
     faults: int,
     *,
+    kinds: frozenset[str] = FAULT_KINDS,
+    crossed: bool = True,
     max_states: int = 2_000_000,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Breadth-first search of every state; safety per state, then liveness over the graph."""
     started = time.monotonic()
-    report = Report(size, mode.value, faults)
-    root = initial(size, mode, faults)
+    report = Report(size, mode.value, faults, kinds, crossed)
+    root = initial(size, mode, faults, kinds, crossed=crossed)
     index: dict[Hashable, int] = {key(root): 0}
     parents = array("q", [-1])
     labels: list[str] = [""]
@@ -106,6 +117,7 @@ def explore(
                 found = len(labels)
                 if found >= max_states:
                     report.truncated = True
+                    out.append(max_states)  # beyond the cap: not expanded (the liveness check treats it so)
                     continue
                 index[twin_key] = found
                 parents.append(number)
@@ -147,7 +159,12 @@ def _liveness(
                 if len(paths) < KEEP:
                     paths.append(path(target, parents, labels))
     reaches = bytearray(count)
-    queue = deque(number for number in range(count) if settled[number] and converged[number])
+    # A state the search did not expand (it stopped at its cap) counts as reaching: a truncated search reports
+    # itself as such, and must not report wedges it could not see through.
+    unexpanded = {
+        source for source, targets in enumerate(edges) if settled[source] and any(t >= count for t in targets)
+    }
+    queue = deque(number for number in range(count) if settled[number] and (converged[number] or number in unexpanded))
     for number in queue:
         reaches[number] = 1
     while queue:

@@ -174,6 +174,9 @@ def deliver(world: World, cid: int, side: int) -> None:
         case "eof":
             if end.phase == "link":
                 world.apply(proc.pid, model.link_ended(peer, token(conn, side), "peer closed the connection", NOW))
+            elif end.phase == "answer":  # the exchange ends without the peer's answer
+                concluded = model.conclude(end.exchange, None, token(conn, side), dialer_slot, NOW)  # type: ignore[arg-type]
+                world.apply(proc.pid, concluded.effects)
             if end.phase != "closed":
                 world._close(conn, side)
         case _:
@@ -228,15 +231,16 @@ def _faults(world: World) -> Iterator[Step]:
     for proc in list(world.live()):
         if proc.zombie:
             continue
-        yield (
-            f"FAULT kill -9 {proc.slot}.{proc.incarnation}",
-            lambda w, pid=proc.pid: _fault(w, lambda: w.kill(pid, code=None)),
-        )
-        if world.current[proc.slot] == proc.pid:
+        if "kill" in world.kinds:
+            yield (
+                f"FAULT kill -9 {proc.slot}.{proc.incarnation}",
+                lambda w, pid=proc.pid: _fault(w, lambda: w.kill(pid, code=None)),
+            )
+        if world.current[proc.slot] == proc.pid and "zombie" in world.kinds:
             yield f"FAULT {proc.slot}.{proc.incarnation} becomes a zombie", lambda w, pid=proc.pid: _zombie(w, pid)
     for conn in world.conns.values():
         for side, end in enumerate(conn.ends):
-            if end.phase == "link" and not end.lingering and world.procs[end.pid].alive:
+            if end.phase == "link" and not end.lingering and world.procs[end.pid].alive and "timeout" in world.kinds:
                 who = world.procs[end.pid]
                 yield (
                     f"FAULT {who.slot}.{who.incarnation} times out connection {conn.cid} (pause, partition)",

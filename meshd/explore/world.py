@@ -34,6 +34,9 @@ from meshd.errors import ExitCode
 
 # The range generations are placed in (a new one goes half way between its neighbours).
 EPOCH_SPACE = 2**62
+# The faults a run may contain: kill -9, a zombie, a live link timed out (pause, partition), a tie-break loser
+# closed before the peer concluded the winner (a message slower than a handshake timeout).
+FAULT_KINDS = frozenset({"kill", "zombie", "timeout", "linger"})
 # The controller's first epoch (fixed epochs).
 FIRST_EPOCH = Epoch(1)
 # Transitions are untimed; the models still stamp events with a time.
@@ -123,6 +126,7 @@ class World:
     ready_views: frozenset[tuple[Epoch, tuple[int, ...]]] = frozenset()  # ghost: (generation, view) ever ready
     next_pid: int = 0
     next_cid: int = 0
+    kinds: frozenset[str] = FAULT_KINDS  # the faults that may happen: kill, zombie, timeout, linger
     crossed: bool = True  # both ends of a pair may dial at once (the tie-break); False: one exchange per pair at a time
     oracle: Oracle = field(factory=Oracle)  # shared by every copy: transitions run one at a time
 
@@ -271,9 +275,9 @@ class World:
         far = conn.ends[1 - side]
         if far.phase == "closed":
             return
-        if far.phase in ("hello", "answer") and not conn.queues[1 - side]:
-            # Reduction: the far end would read the end of stream next, and that changes nothing but this
-            # connection (an exchange without an answer decides nothing), so it closes at once.
+        if far.phase == "hello" and not conn.queues[1 - side]:
+            # Reduction: the far end would read the end of stream next, before any hello, and that changes nothing
+            # but this connection, so it closes at once.
             far.phase = "closed"
             return
         conn.queues[1 - side].append(Message("eof"))

@@ -119,13 +119,16 @@ class SafetyChecker:
                 )
 
     def process_exited(self, now: float, process: Process, last_fault: float) -> None:
-        """S5: an exit needs proof of a newer epoch (75) or a busy port (1).
+        """S5: an exit needs proof (75: a newer epoch exists, or the generation lost a member for good) or a busy
+        port (1).
 
         And none at all from a process started after the last fault, unless the controller started it stale.
         """
         code = process.exit_code
         if code == ExitCode.FENCED:
-            if self.newest_epoch is None or not self.newest_epoch > process.epoch:
+            replaced = process.fenced is not None and process.fenced.cause == "member_replaced"
+            newer = self.newest_epoch is not None and self.newest_epoch > process.epoch
+            if not (newer or replaced):
                 self.violate(now, f"S5: pid {process.pid} exited 75 in {process.epoch} with no newer epoch anywhere")
         elif code == EXIT_BIND_FAILED:
             if not process.attachment.refused_binds:

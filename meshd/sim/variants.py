@@ -148,23 +148,9 @@ def hello_alone() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stale_own_hello() -> Iterator[None]:
-    """An exchange is judged even when our own hello on it predates our last move (it no longer says who we are)."""
-
-    def judge(original: Callable[..., Any]) -> Callable[..., Any]:
-        def forgetful(self: mesh.MeshModel, hello: Hello, expected_peer: int | None, sent: Any) -> Any:
-            return original(self, hello, expected_peer, self.me.epoch)
-
-        return forgetful
-
-    with _patched(mesh.MeshModel, "judge", judge):
-        yield
-
-
-@contextlib.contextmanager
 def first_design() -> Iterator[None]:
     """Every rule of the fix reverted at once: the rules the first proof was written for."""
-    with no_leave(), no_consent(), full_views_only(), hello_alone(), stale_own_hello():
+    with no_leave(), no_consent(), full_views_only(), hello_alone():
         yield
 
 
@@ -176,8 +162,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "no-consent": no_consent,
     "full-views-only": full_views_only,
     "hello-alone": hello_alone,
-    "stale-own-hello": stale_own_hello,
     "first-design": first_design,
 }
 # The variants that each revert one rule of the fix of the first design's wedge (docs/design.md, §8).
-FIX_REVERTED = ("no-leave", "no-consent", "full-views-only", "hello-alone", "stale-own-hello")
+FIX_REVERTED = ("no-leave", "no-consent", "full-views-only", "hello-alone")

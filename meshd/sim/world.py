@@ -21,7 +21,7 @@ from loguru import logger
 from meshd.config import Config, structure
 from meshd.core.address import Address
 from meshd.core.bounds import liveness_bound
-from meshd.core.status import LinkDown, LinkUp, MeshEvent, MeshState
+from meshd.core.status import Fenced, LinkDown, LinkUp, MeshEvent, MeshState
 from meshd.core.wire import Epoch, View
 from meshd.daemon import Daemon, Settings
 from meshd.errors import BindError, ExitCode
@@ -93,6 +93,7 @@ class Process:
     killed: bool = False
     stale: bool = False  # started by the controller with an epoch older than its newest (a broken A4, on purpose)
     down_since: dict[int, float] = field(factory=dict)  # peer -> virtual time its link went down here
+    fenced: Fenced | None = None  # the fenced event it published, if any
 
     @property
     def alive(self) -> bool:
@@ -178,7 +179,9 @@ class World:
         self.dirty = True
 
     def _on_event(self, process: Process, event: MeshEvent) -> None:
-        if isinstance(event, LinkDown):
+        if isinstance(event, Fenced):
+            process.fenced = event
+        elif isinstance(event, LinkDown):
             process.down_since[event.peer] = trio.current_time()
         elif isinstance(event, LinkUp):
             process.down_since.pop(event.peer, None)
