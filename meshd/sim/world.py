@@ -26,7 +26,7 @@ from meshd.core.wire import Epoch, View
 from meshd.daemon import Daemon, Settings
 from meshd.errors import BindError, ExitCode
 from meshd.net import BIND_RETRY_INTERVAL
-from meshd.sim.checker import SafetyChecker
+from meshd.sim.checker import SimChecker
 from meshd.sim.network import Attachment, SimNetwork, SimStream
 from meshd.sim.schedule import (
     BASE_LATENCY,
@@ -162,7 +162,7 @@ class World:
         self.epoch_bumps = 0
         self._restart_epoch: dict[int, str] = {}
         duplicates = any(isinstance(fault, Zombie) for fault in schedule.faults)
-        self.checker = SafetyChecker(self.auto, duplicates=duplicates)
+        self.checker = SimChecker(duplicates=duplicates)
         self.dirty = True
         self.converged_at: float | None = None
         self.finished = False  # the run is over: the processes are being torn down, not exiting
@@ -179,6 +179,7 @@ class World:
         self.dirty = True
 
     def _on_event(self, process: Process, event: MeshEvent) -> None:
+        self.checker.changed(process)
         if isinstance(event, Fenced):
             process.fenced = event
         elif isinstance(event, LinkDown):
@@ -392,7 +393,7 @@ class World:
             last_fault = self.schedule.last_fault
             await trio.sleep_until(last_fault)
             self.note("last fault over")
-            self.checker.timely_from = self.net.settled_by()
+            self.checker.safety.timely_from = self.net.settled_by()
             hold = HOLD_TIMEOUTS * self.config.timeouts.heartbeat_timeout
             converged_after = None
             with trio.move_on_at(last_fault + self.bound + hold):
