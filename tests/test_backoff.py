@@ -62,8 +62,9 @@ def test_exact_jitter_bounds(value, factor):
 
 
 def test_lower_bound_is_half_the_ceiling():
-    assert JITTER_FLOOR == 0.5
+    """The documented jitter: delays lie in [cap/2, cap] (the lowest draw gives half the ceiling)."""
     assert Backoff(0.5, 8.0, FixedRandom(0.0)).next_delay() == 0.25
+    assert Backoff(0.5, 8.0, FixedRandom(0.999999)).next_delay() == pytest.approx(0.5, rel=1e-5)
 
 
 def test_reset_goes_back_to_initial():
