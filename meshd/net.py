@@ -1,6 +1,6 @@
 """The network as an injectable interface: the only place in the daemon where sockets are opened.
 
-``TcpNetwork`` is the real one; ``meshd.simnet.MemoryNetwork`` runs the same daemon code over in-memory streams in
+``TcpNetwork`` is the real one; ``meshd.sim.network.SimNetwork`` runs the same daemon code over in-memory streams in
 virtual time. Connection errors leave this module as OSError and are converted to LinkFailure by the caller's
 single conversion point (``meshd.connection``); bind errors are retried here and become BindError.
 """

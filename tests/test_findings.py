@@ -142,7 +142,7 @@ async def _cut_one_link_of_three(honest: bool) -> None:
         session = nodes[0].session(2)
         assert session is not None
         cut_at = trio.current_time()
-        session.conn.stream.connection.blackhole()  # type: ignore[attr-defined]
+        net.blackhole(session.conn.stream.connection)  # type: ignore[attr-defined]
         if not honest:
             await trio.sleep(2 * timeout)
             assert not nodes[1].events_of("degraded")

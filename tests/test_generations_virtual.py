@@ -1,9 +1,10 @@
 """Self-minted generations with skewed and jumping wall clocks, and readiness faults, in trio's virtual time.
 
 meshd has no flag to inject a wall clock into a real process, so these tests run real ``Daemon`` objects on the
-in-memory network (``meshd.simnet``), each with its own ``wall_clock``, under pytest-trio's ``autojump_clock``. A
-small orchestrator keeps one daemon per slot and restarts any that ends (fenced, or killed as kill -9 would:
-its tasks stop and every socket it held is closed) after RESTART_DELAY, counting exits per slot.
+simulation's network in its exact-time preset (``tests.virtual.TracingNetwork``), each with its own ``wall_clock``,
+under pytest-trio's ``autojump_clock``. A small orchestrator keeps one daemon per slot and restarts any that ends
+(fenced, or killed as kill -9 would: every socket it held is closed and its tasks stop) after RESTART_DELAY,
+counting exits per slot.
 
 Timeouts are multiples of 1/8 s so that every timer lands exactly on the float grid (see the heartbeat test below).
 """
@@ -12,20 +13,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 
 from meshd.config import Config, structure
-from meshd.core.address import Address
 from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Accept, Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
 from meshd.daemon import Daemon, Settings
 from meshd.errors import ExitCode
-from meshd.simnet import MemoryNetwork
-from tests.virtual import address
+from meshd.sim.network import Attachment
+from tests.virtual import TracingNetwork, address
 
 CLUSTER = "virtual-generations"
 # Wall clock (seconds) of a host whose clock is right, at virtual time 0: late 2026, as the real-process tests see.
@@ -79,43 +79,6 @@ def make_config(size: int, **timeouts: float) -> Config:
     return structure({"cluster": {"name": CLUSTER, "peers": peers}, "timeouts": {**TIMEOUTS, **timeouts}})
 
 
-class ProcessNetwork:
-    """The network as one process sees it, remembering every socket it opens, so that its death can close them."""
-
-    def __init__(self, net: MemoryNetwork, me: Address) -> None:
-        self._node = net.for_node(me)
-        self._resources: list[trio.abc.AsyncResource] = []
-
-    async def connect(self, address: Address) -> trio.abc.Stream:
-        stream = await self._node.connect(address)
-        self._resources.append(stream)
-        return stream
-
-    async def listen(self, address: Address) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
-        listeners = [_RecordingListener(listener, self._resources) for listener in await self._node.listen(address)]
-        self._resources.extend(listeners)
-        return listeners
-
-    async def close_all(self) -> None:
-        """What the kernel does when the process ends: every socket closes (peers read EOF, the port is free)."""
-        for resource in self._resources:
-            await trio.aclose_forcefully(resource)
-
-
-class _RecordingListener(trio.abc.Listener[trio.abc.Stream]):
-    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], opened: list[trio.abc.AsyncResource]) -> None:
-        self._inner = inner
-        self._opened = opened
-
-    async def accept(self) -> trio.abc.Stream:
-        stream = await self._inner.accept()
-        self._opened.append(stream)
-        return stream
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 Clock = Callable[[int], float]  # start number (1 for the first process of a slot) -> wall clock offset in seconds
 
 
@@ -127,6 +90,7 @@ class Slot:
     daemon: Daemon | None = None
     running: bool = False
     scope: trio.CancelScope | None = None
+    process: Attachment | None = None  # the slot's current process, on the network
     exits: list[int | str] = field(default_factory=list)
     births: list[Epoch] = field(default_factory=list)  # the generation each process of the slot minted at start
 
@@ -135,7 +99,7 @@ class VirtualCluster:
     """One auto-mode daemon per slot, restarted RESTART_DELAY after it ends, whatever the reason."""
 
     def __init__(self, nursery: trio.Nursery, size: int, offsets: dict[int, Clock] | None = None) -> None:
-        self.net = MemoryNetwork()
+        self.net = TracingNetwork()
         self.config = make_config(size)
         self.slots = [Slot(index, (offsets or {}).get(index, lambda start: 0.0)) for index in range(size)]
         self._nursery = nursery
@@ -147,7 +111,8 @@ class VirtualCluster:
         while True:
             slot.starts += 1
             offset = slot.offset(slot.starts)
-            net = ProcessNetwork(self.net, address(slot.index))
+            net = self.net.for_node(address(slot.index))
+            slot.process = net.process
             slot.daemon = Daemon(
                 Settings(self.config, slot.index, None, None, mode="auto"),
                 net=net,
@@ -161,14 +126,16 @@ class VirtualCluster:
             with trio.CancelScope() as slot.scope:
                 code = await slot.daemon.run()
             slot.running = False
-            await net.close_all()
+            if net.process.alive:  # it exited: its kernel closes every socket it held
+                self.net.kill(net.process, silent=False)
             slot.exits.append(KILLED if code is None else code)
             await trio.sleep(RESTART_DELAY)
 
     def kill(self, index: int) -> None:
         slot = self.slots[index]
-        assert slot.running and slot.scope is not None, f"slot {index} is not running"
+        assert slot.running and slot.scope is not None and slot.process is not None, f"slot {index} is not running"
         slot.running = False
+        self.net.kill(slot.process, silent=False)
         slot.scope.cancel()
 
     def exits(self) -> dict[int, list[int | str]]:
@@ -342,17 +309,18 @@ async def test_a_late_view_on_the_tie_break_loser_does_not_undo_readiness(autoju
     daemon must stay ready.
     """
     epoch = Epoch(1)
-    net = MemoryNetwork()
+    net = TracingNetwork()
     config = make_config(3, handshake=4.0)
-    (listener_1,) = await net.listen(address(1))
-    (listener_2,) = await net.listen(address(2))
+    peer_1 = net.for_node(address(1))
+    (listener_1,) = await peer_1.listen(address(1))
+    (listener_2,) = await net.for_node(address(2)).listen(address(2))
     daemon = Daemon(Settings(config, 0, epoch, None), net=net.for_node(address(0)), incarnation=0xA0)
     me, one, two = 0xA0, 0xB1, 0xB2
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
         dialed_1 = RawPeer(await listener_1.accept())  # B: daemon 0 dials 1 at once
         dialed_2 = RawPeer(await listener_2.accept())
-        a = RawPeer(await net.connect(address(1), address(0)))  # A: 1 dials 0
+        a = RawPeer(await peer_1.connect(address(0)))  # A: 1 dials 0
         await a.send(Hello(CLUSTER, 1, 0, epoch, one))
         assert isinstance(await a.receive(), Hello)
         await a.send(Accept())
@@ -395,7 +363,7 @@ async def test_heartbeats_on_a_non_dyadic_interval_do_not_livelock_in_virtual_ti
     itself, the sleep returned at once and the sender spun without ever blocking, so a MockClock never advanced
     again (on a real clock it only spins until the time moves past the point). ``link.next_tick`` fixed it.
     """
-    net = MemoryNetwork()
+    net = TracingNetwork()
     config = make_config(2, heartbeat_interval=0.1, heartbeat_timeout=0.5)
     daemons = [Daemon(Settings(config, index, Epoch(1), None), net=net.for_node(address(index))) for index in range(2)]
     async with trio.open_nursery() as nursery:

@@ -80,7 +80,7 @@ def assert_one_connection_per_pair(net: TracingNetwork, nodes: list[Node]) -> No
         assert connection.open
         dialer = nodes[session_a.origin.dialer]
         assert connection.source == dialer.daemon.mesh_address
-        assert connection.dialer_end is (end_a if dialer.index == a else end_b)
+        assert connection.dialer is (end_a if dialer.index == a else end_b)
         live.add(connection.number)
     leaked = [c for c in net.connections if c.open and c.number not in live]
     assert not leaked, f"connections left open besides the links: {leaked}"
@@ -94,7 +94,7 @@ async def test_four_daemons_form_a_full_mesh_with_one_connection_per_pair(autoju
         nodes = await start_mesh(nursery, net, config, stagger=STAGGER if start == "staggered" else 0)
         await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
         if start == "simultaneous":  # the interesting case: both ends of a pair dialed, the tie-break chose
-            dialed = {(c.source, c.target) for c in net.connections}
+            dialed = {(c.source, c.target) for c in net.all_connections}
             assert any((address(a), address(b)) in dialed and (address(b), address(a)) in dialed for a, b in pairs(4))
         # Let every tie-break and refusal play out, then check the mesh has settled on one connection per pair.
         await trio.sleep(3 * config.timeouts.heartbeat_timeout)
@@ -150,7 +150,7 @@ async def test_heartbeat_loss_is_detected_exactly_at_the_timeout(autojump_clock,
     net = TracingNetwork()
     config = make_config(2, heartbeat_interval=0.25, heartbeat_timeout=1.0)
     timeout = config.timeouts.heartbeat_timeout
-    (listener,) = await net.listen(address(1))
+    (listener,) = await net.for_node(address(1)).listen(address(1))
     async with trio.open_nursery() as nursery:
         node = await start_node(nursery, make_daemon(net, config, 0))
         peer = FakePeer(await listener.accept(), 1)
@@ -187,7 +187,7 @@ async def test_paused_node_is_seen_down_within_the_heartbeat_timeout_and_rejoins
         await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
         await trio.sleep(0.1)
         paused_at = trio.current_time()
-        net.pause(address(3))
+        net.pause(nodes[3].process)
         await wait_until(
             lambda: all(node.state is MeshState.DEGRADED for node in nodes), 2 * timeouts.heartbeat_timeout
         )
@@ -204,7 +204,7 @@ async def test_paused_node_is_seen_down_within_the_heartbeat_timeout_and_rejoins
         # Links between the running nodes were never disturbed.
         for node in nodes[:3]:
             assert [event["peer"] for _, event in node.events_of("link_down")] == [3]
-        net.resume(address(3))
+        net.resume(nodes[3].process)
         await wait_until(lambda: all_ready(nodes), timeouts.backoff_max + timeouts.handshake + 1)
         await trio.sleep(2 * timeouts.heartbeat_timeout)
         assert all_ready(nodes)
@@ -224,7 +224,7 @@ async def test_a_failing_link_cancels_only_its_own_scope(autojump_clock):
         events_before = [len(node.events) for node in nodes]
         broken = nodes[1].session(2)
         assert broken is not None
-        await net.sever(broken.conn.stream.connection)  # type: ignore[attr-defined]
+        net.reset(broken.conn.stream.connection)  # type: ignore[attr-defined]
         await wait_until(lambda: bool(nodes[1].events_of("link_down")) and bool(nodes[2].events_of("link_down")), 0.1)
         await wait_until(lambda: all_ready(nodes), 1.0)
         await trio.sleep(3 * timeouts.heartbeat_timeout)  # long enough for any other link to time out, were it hurt
@@ -265,7 +265,7 @@ async def test_simultaneous_redials_settle_on_one_connection_without_flapping(au
             assert session is not None
             downs = [len(node.events_of("link_down")) for node in nodes]
             severed_at = trio.current_time()
-            await net.sever(session.conn.stream.connection)  # type: ignore[attr-defined]
+            net.reset(session.conn.stream.connection)  # type: ignore[attr-defined]
             await wait_until(lambda: all_ready(nodes), 1.0)
             await trio.sleep(2 * config.timeouts.heartbeat_timeout)
             # Both ends did dial each other at the very instant of the reset...
@@ -296,7 +296,7 @@ async def test_a_dialer_that_gave_up_on_a_silent_connection_replaces_it_at_once(
         assert old is not None and old.origin.dialer == dialer
         connects = nodes[other].daemon.model.rows[dialer].connects
         silent_at = trio.current_time()
-        old.conn.stream.connection.blackhole()  # type: ignore[attr-defined]
+        net.blackhole(old.conn.stream.connection)  # type: ignore[attr-defined]
         await wait_until(lambda: bool(nodes[dialer].events_of("link_down")), 1.0)
         [(down_at, event)] = nodes[dialer].events_of("link_down")
         assert "no heartbeat" in event["reason"]
@@ -350,7 +350,7 @@ async def test_backoff_grows_caps_and_resets_after_a_link(autojump_clock):
         peer = await start_node(nursery, make_daemon(net, config, 1))
         await wait_until(lambda: node.state is MeshState.READY, maximum + 0.1)
         await trio.sleep(1)
-        await net.kill(peer)
+        await peer.kill()
         await wait_until(lambda: bool(node.events_of("link_down")), 0.1)
         [(down_at, _)] = node.events_of("link_down")
         await trio.sleep(8)
@@ -368,7 +368,7 @@ async def test_replacement_with_a_newer_epoch_fences_the_old_generation(autojump
     async with trio.open_nursery() as nursery:
         nodes = await start_mesh(nursery, net, config, epoch=1)
         await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
-        await net.kill(nodes[2])
+        await nodes[2].kill()
         await wait_until(lambda: all(node.state is MeshState.DEGRADED for node in nodes[:2]), 0.1)
         replacement = await start_node(nursery, make_daemon(net, config, 2, epoch=2, incarnation=0x2002))
         with trio.fail_after(1):
@@ -408,7 +408,7 @@ async def test_a_stale_daemon_fences_itself_and_the_ready_mesh_never_notices(aut
         assert stale.exit_code == ExitCode.FENCED
         [(_, event)] = stale.events_of("fenced")
         assert "epoch 1" in event["reason"]
-        assert any(connection.source == stale.daemon.mesh_address for connection in net.connections)
+        assert any(connection.source == stale.daemon.mesh_address for connection in net.all_connections)
         await trio.sleep(2 * config.timeouts.heartbeat_timeout)
         for node, count in zip(nodes, events_before, strict=True):
             assert node.events[count:] == [], f"node {node.index} saw {node.events[count:]}"
@@ -436,10 +436,10 @@ async def test_a_new_incarnation_replaces_the_old_link_and_is_reported(autojump_
         before = link_snapshot(nodes)
         events_before = [len(node.events) for node in nodes]
         old_incarnation = nodes[2].daemon.me.incarnation
-        # The old process hangs (nothing it sends arrives any more) and is killed while hung.
+        # The old process's host hangs (nothing it sends arrives any more) and the process is killed there: to
+        # its peers, that host crashed.
         hung_at = trio.current_time()
-        net.pause(address(2))
-        await net.kill(nodes[2])
+        await nodes[2].kill(silent=True)
         # Its replacement comes up on another host with the same epoch and a new incarnation.
         new_config = make_config(3, peers=[address(0), address(1), Address("10.0.1.2", 7000)])
         new = await start_node(nursery, make_daemon(net, new_config, 2, epoch=1, incarnation=0x2222))
@@ -484,7 +484,7 @@ async def test_a_replaced_incarnation_that_wakes_up_cannot_win_its_slot_back(aut
         nodes = await start_mesh(nursery, net, config)
         await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
         zombie = nodes[2]
-        net.pause(address(2))
+        net.pause(zombie.process)
         new_config = make_config(3, peers=[address(0), address(1), Address("10.0.1.2", 7000)])
         new = await start_node(nursery, make_daemon(net, new_config, 2, epoch=1, incarnation=0x2222))
         mesh = [nodes[0], nodes[1], new]
@@ -494,14 +494,14 @@ async def test_a_replaced_incarnation_that_wakes_up_cannot_win_its_slot_back(aut
         events_before = [len(node.events) for node in mesh]
         before = link_snapshot(mesh)
         resumed_at = trio.current_time()
-        net.resume(address(2))
+        net.resume(zombie.process)
         await trio.sleep(5)
         for node, count in zip(mesh, events_before, strict=True):
             assert node.events[count:] == [], f"node {node.index} saw {node.events[count:]}"
             assert node.state is MeshState.READY
         assert link_snapshot(mesh) == before
         # The zombie did try, and was told why it may not link.
-        assert any(c.source == address(2) and c.opened > resumed_at for c in net.connections)
+        assert any(c.source == address(2) and c.opened > resumed_at for c in net.all_connections)
         assert zombie.state is MeshState.DEGRADED
         for peer in (0, 1):
             status = zombie.daemon.model.rows[peer]
@@ -517,7 +517,7 @@ async def test_a_restart_at_the_same_address_and_epoch_is_reported_as_peer_resta
     async with trio.open_nursery() as nursery:
         nodes = await start_mesh(nursery, net, config)
         await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
-        await net.kill(nodes[2])
+        await nodes[2].kill()
         await wait_until(lambda: all(node.state is MeshState.DEGRADED for node in nodes[:2]), 0.1)
         for node in nodes[:2]:
             [(_, event)] = node.events_of("link_down", peer=2)

@@ -1,12 +1,14 @@
 """Helpers for running real meshd daemons on the in-memory network, in trio's virtual time.
 
-Everything here is test scaffolding around ``meshd.simnet``: a network that remembers every connection attempt and
-which two stream ends make up each connection, and a ``Node`` that runs one daemon in its own cancel scope while
-recording the events it publishes, stamped with the virtual time at which they were published.
+Everything here is test scaffolding around the simulation's network (``meshd.sim.network``) in its exact-time
+preset: a network that remembers every connection attempt and every connection, and a ``Node`` that runs one daemon
+in its own cancel scope while recording the events it publishes, stamped with the virtual time at which they were
+published.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +23,7 @@ from meshd.core.status import MeshState
 from meshd.core.wire import Epoch, Frame, FrameDecoder
 from meshd.daemon import Daemon, Settings
 from meshd.link import Session
-from meshd.simnet import MemoryListener, MemoryNetwork
+from meshd.sim.network import EXACT_LATENCY, Attachment, ProcessNetwork, SimConnection, SimNetwork, SimStream
 
 CLUSTER = "t"
 # Virtual seconds between the starts of the daemons of a mesh: far less than the first back-off.
@@ -48,125 +50,29 @@ class EventStorm(Exception):
     """A daemon published events in a loop without virtual time passing."""
 
 
-class TrackedStream(trio.abc.Stream):
-    """One end of an in-memory connection, remembering whether its owner closed it; it can be black-holed."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-        self.connection: Connection | None = None
-        self.closed = False
-        self.blackholed = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.blackholed:
-            await trio.lowlevel.checkpoint()
-            return
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        while True:
-            data = await self.inner.receive_some(max_bytes)
-            if not self.blackholed:
-                return data
-            if not data:  # the close is dropped too: silence for ever
-                await trio.sleep_forever()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()  # type: ignore[attr-defined]
-
-    async def aclose(self) -> None:
-        self.closed = True
-        await self.inner.aclose()
-
-
-@define(eq=False)
-class Connection:
-    """Both ends of one connection opened on the network."""
-
-    number: int
-    opened: float
-    source: Address
-    target: Address
-    dialer_end: TrackedStream
-    listener_end: TrackedStream
-
-    @property
-    def ends(self) -> tuple[TrackedStream, TrackedStream]:
-        return self.dialer_end, self.listener_end
-
-    @property
-    def open(self) -> bool:
-        return not any(end.closed for end in self.ends)
-
-    def blackhole(self) -> None:
-        """Drop everything either end sends from now on, closes included: both ends just see silence."""
-        for end in self.ends:
-            end.blackholed = True
-
-
-class TracingNetwork(MemoryNetwork):
-    """A MemoryNetwork that records every connect attempt and pairs up the two ends of every connection."""
+class TracingNetwork(SimNetwork):
+    """The simulation's network in its exact-time preset, delivering at once (in a system task), that remembers
+    every connect attempt and every connection it opened (``connections`` holds only the open ones)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(random.Random(0), EXACT_LATENCY, tick=None)
         self.attempts: list[tuple[float, Address, Address]] = []
-        self.connections: list[Connection] = []
-        self._offered: TrackedStream | None = None
+        self.all_connections: list[SimConnection] = []
+        self._pids = itertools.count()
+        self.attach()
 
-    async def listen(self, address: Address) -> Sequence[MemoryListener]:
-        listeners = await super().listen(address)
-        for listener in listeners:
-            listener.offer = self._tracking_offer(listener.offer)  # type: ignore[method-assign]
-        return listeners
+    def for_node(self, address: Address) -> ProcessNetwork:
+        """The network of a new process on host ``address`` (a daemon, or the test playing a peer or a stranger)."""
+        return self.for_process(Attachment(next(self._pids), address))
 
-    def _tracking_offer(self, offer: Callable[[trio.abc.Stream], None]) -> Callable[[trio.abc.Stream], None]:
-        def tracked(stream: trio.abc.Stream) -> None:
-            end = TrackedStream(stream)
-            offer(end)
-            self._offered = end
-
-        return tracked
-
-    async def connect(self, source: Address, address: Address) -> trio.abc.Stream:
-        now = trio.current_time()
-        self.attempts.append((now, source, address))
-        near = await super().connect(source, address)
-        # MemoryNetwork.connect offers the far end to the listener and returns the near end without yielding in
-        # between, so no other task can have replaced the offered end by now.
-        far, self._offered = self._offered, None
-        assert far is not None
-        connection = Connection(len(self.connections), now, source, address, TrackedStream(near), far)
-        for end in connection.ends:
-            end.connection = connection
-        self.connections.append(connection)
-        return connection.dialer_end
+    async def connect(self, process: Attachment, address: Address) -> SimStream:
+        self.attempts.append((trio.current_time(), process.address, address))
+        stream = await super().connect(process, address)
+        self.all_connections.append(stream.connection)
+        return stream
 
     def attempts_to(self, target: Address) -> list[float]:
         return [when for when, _, to in self.attempts if to == target]
-
-    @staticmethod
-    async def sever(connection: Connection) -> None:
-        """Break one connection at both ends at once, as a reset from the network would."""
-        for end in connection.ends:
-            await trio.aclose_forcefully(end)
-
-    async def kill(self, node: Node) -> None:
-        """End a daemon as kill -9 would: its tasks stop mid-step and the kernel closes every socket it held.
-
-        Cancelling the daemon's scope alone leaves in-memory streams of up links open (nothing closes them on
-        the way out, as process exit would), so the ends the node held are closed here.
-        """
-        node.scope.cancel()
-        await node.finished.wait()
-        mine = node.daemon.mesh_address
-        for connection in self.connections:
-            if connection.source == mine:
-                await trio.aclose_forcefully(connection.dialer_end)
-            if connection.target == mine:
-                await trio.aclose_forcefully(connection.listener_end)
 
 
 @define(eq=False)
@@ -187,6 +93,24 @@ class Node:
     @property
     def state(self) -> MeshState:
         return self.daemon.model.state
+
+    @property
+    def net(self) -> ProcessNetwork:
+        """The daemon's network: the simulated network, and the process the daemon runs as on it."""
+        net = self.daemon.net
+        assert isinstance(net, ProcessNetwork)
+        return net
+
+    @property
+    def process(self) -> Attachment:
+        return self.net.process
+
+    async def kill(self, *, silent: bool = False) -> None:
+        """End the daemon as kill -9 would: from this instant its kernel has closed every socket it held (or, if
+        its host crashed, ``silent``, nothing is heard from it any more), and its tasks stop mid-step."""
+        self.net.network.kill(self.process, silent=silent)
+        self.scope.cancel()
+        await self.finished.wait()
 
     def session(self, peer: int) -> Session | None:
         return self.daemon.links[peer]._session
@@ -221,7 +145,7 @@ class Node:
 
 
 def make_daemon(
-    net: MemoryNetwork,
+    net: TracingNetwork,
     config: Config,
     index: int,
     *,
@@ -246,7 +170,7 @@ async def start_node(nursery: trio.Nursery, daemon: Daemon) -> Node:
 
 async def start_mesh(
     nursery: trio.Nursery,
-    net: MemoryNetwork,
+    net: TracingNetwork,
     config: Config,
     *,
     epoch: int = 1,

@@ -264,4 +264,3 @@ class Controller:
             if incarnation.running:
                 self.kill(incarnation)
                 await self.wait(incarnation)
-

@@ -12,10 +12,16 @@ latency, or not at all while the path is cut. Every fault is silent unless TCP i
   connections open and completes handshakes into its listen backlog, which the process serves after it resumes
   (a hello whose sender died meanwhile is then read and judged: a ghost hello);
 - a killed process's kernel closes its sockets (FIN), a crashed host says nothing at all until it is back up;
-- a reset (a middlebox, or a host rebooting under a connection) breaks a connection at both ends.
+- a reset (a middlebox, or a host rebooting under a connection) breaks a connection at both ends;
+- a black-holed connection loses everything either end sends from then on, closes and resets included: silence
+  both ways, for good (a firewall that dropped the flow's state).
 
 Addresses are hosts: each slot's address is one host, and a displaced process (a zombie whose address moved to its
 replacement) keeps a listener that some hosts may still route to.
+
+The simulation draws latencies and delivers on a grid (DELIVERY_TICK); the exact-time preset (EXACT_LATENCY, no
+tick), for the virtual-time tests, delivers a segment at the very instant it is sent, so those tests can assert
+what a timer did to the exact virtual instant.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 from attrs import define, field
@@ -41,10 +47,8 @@ RETRANSMIT_TIMEOUT = 0.2
 DELIVERY_TICK = 0.001
 # Losses in a row after which a segment is taken to arrive anyway (bounds the head-of-line delay at ~6 s).
 MAX_RETRANSMITS = 5
-
-
-def _on_tick(when: float) -> float:
-    return math.ceil(when / DELIVERY_TICK) * DELIVERY_TICK
+# The exact-time preset's latency (with ``tick=None``): a segment sent at virtual time t arrives at t.
+EXACT_LATENCY = (0.0, 0.0)
 
 
 @define(eq=False)
@@ -79,6 +83,7 @@ class Wire:
         self.arrived = trio.Event()  # set (and replaced) whenever the receiver should look again
         self.receiver: SimStream | None = None
         self.reverse: Wire | None = None
+        self.blackholed = False  # whatever is sent from now on is lost
 
     def wake(self) -> None:
         """Make the receiver look again (a segment arrived, or the path or the end changed)."""
@@ -183,12 +188,20 @@ class SimStream(trio.abc.Stream):
 @define(eq=False)
 class SimConnection:
     number: int
+    opened: float  # virtual time the handshake completed
+    source: Address  # the dialer's host
+    target: Address  # the address it dialed
     dialer: SimStream | None = None
     listener: SimStream | None = None
 
     @property
     def ends(self) -> tuple[SimStream, ...]:
         return tuple(end for end in (self.dialer, self.listener) if end is not None)
+
+    @property
+    def open(self) -> bool:
+        """Neither end is closed yet (by its owner, its owner's kernel, or a host crash)."""
+        return not any(end.closed for end in self.ends)
 
 
 class SimListener(trio.abc.Listener[trio.abc.Stream]):
@@ -228,9 +241,12 @@ class SimListener(trio.abc.Listener[trio.abc.Stream]):
 class SimNetwork:
     """Hosts, listeners and connections, with the faults the simulation's schedule turns on and off."""
 
-    def __init__(self, rng: random.Random, base_latency: tuple[float, float]) -> None:
+    def __init__(
+        self, rng: random.Random, base_latency: tuple[float, float], *, tick: float | None = DELIVERY_TICK
+    ) -> None:
         self._rng = rng
         self.base_latency = base_latency
+        self.tick = tick  # the delivery grid's step; None: segments arrive when their latency says, exactly
         self.listeners: dict[Address, list[SimListener]] = {}
         self.connections: list[SimConnection] = []  # the open ones (closed ones are pruned now and then)
         self.opened = 0
@@ -242,17 +258,18 @@ class SimNetwork:
         self._stale_routes: dict[tuple[Address, Address], SimListener] = {}
         self._armed_resets: dict[frozenset[Address], list[float]] = {}
         self._changed = trio.Event()
-        self._resets_nursery: trio.Nursery | None = None
+        self._start_soon: Callable[[Callable[[], Awaitable[object]]], object] | None = None
         self._arrivals: list[tuple[float, int, Wire]] = []  # (arrival, sequence, wire), a heap
         self._sequence = 0
         self._courier_wait: trio.CancelScope | None = None
 
     # ----- faults, as the schedule turns them on and off -----
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Start delivering segments; armed resets run here too (they fire a while after their connection opens)."""
-        self._resets_nursery = nursery
-        nursery.start_soon(self._courier)
+    def attach(self, nursery: trio.Nursery | None = None) -> None:
+        """Start delivering segments, in ``nursery`` or else in a system task (it lasts as long as the trio run);
+        armed resets run there too (they fire a while after their connection opens)."""
+        self._start_soon = nursery.start_soon if nursery is not None else trio.lowlevel.spawn_system_task
+        self._start_soon(self._courier)
 
     def cut(self, source: Address, target: Address) -> None:
         key = (source, target)
@@ -291,10 +308,17 @@ class SimNetwork:
                 self.reset(connection)
 
     def reset(self, connection: SimConnection) -> None:
+        """Break one connection at both ends at once: each open end reads a reset now."""
         now = trio.current_time()
         for end in connection.ends:
             if not end.closed:
                 self._push(end.inbound, Segment(b"", now, reset=True))
+
+    def blackhole(self, connection: SimConnection) -> None:
+        """Lose everything either end of ``connection`` sends from now on, closes and resets included: each end
+        sees silence for good, as behind a firewall that dropped the flow (segments already in flight arrive)."""
+        for end in connection.ends:
+            end.outbound.blackholed = True
 
     def pause(self, process: Attachment) -> None:
         process.paused = True
@@ -336,6 +360,8 @@ class SimNetwork:
     # ----- delivery -----
 
     def _push(self, wire: Wire, segment: Segment) -> None:
+        if wire.blackholed:
+            return
         wire.segments.append(segment)
         self._schedule(wire, segment.arrival)
 
@@ -355,6 +381,11 @@ class SimNetwork:
             with trio.CancelScope(deadline=arrivals[0][0] if arrivals else math.inf) as self._courier_wait:
                 await trio.sleep_forever()
             self._courier_wait = None
+
+    def _on_tick(self, when: float) -> float:
+        """``when`` moved up onto the delivery grid, if there is one."""
+        tick = self.tick
+        return when if tick is None else math.ceil(when / tick) * tick
 
     # ----- what a daemon's calls do -----
 
@@ -376,7 +407,7 @@ class SimNetwork:
 
     def transmit(self, wire: Wire, data: bytes) -> None:
         source, target = wire.source.address, wire.target.address
-        arrival = max(wire.last_arrival, _on_tick(trio.current_time() + self.latency(source, target)))
+        arrival = max(wire.last_arrival, self._on_tick(trio.current_time() + self.latency(source, target)))
         wire.last_arrival = arrival
         receiver = wire.receiver
         if receiver is not None and receiver.vanished and target in self.down_hosts:
@@ -394,7 +425,7 @@ class SimNetwork:
         reverse = wire.reverse
         assert reverse is not None
         back = self.latency(wire.target.address, wire.source.address)
-        arrival = max(reverse.last_arrival, _on_tick(wire.last_arrival + back))
+        arrival = max(reverse.last_arrival, self._on_tick(wire.last_arrival + back))
         reverse.last_arrival = arrival
         self._push(reverse, Segment(b"", arrival, reset=True))
 
@@ -409,7 +440,7 @@ class SimNetwork:
             if self.is_cut(source, target):
                 return None
             head.held = False
-            head.arrival = max(_on_tick(now + self.latency(source, target)), head.arrival)
+            head.arrival = max(self._on_tick(now + self.latency(source, target)), head.arrival)
             self._schedule(wire, head.arrival)
             return None
         if head.arrival > now:
@@ -432,7 +463,7 @@ class SimNetwork:
         if listener is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused")
         self.opened += 1
-        connection = SimConnection(self.opened)
+        connection = SimConnection(self.opened, trio.current_time(), process.address, address)
         forward, backward = Wire(process, listener.owner), Wire(listener.owner, process)
         forward.reverse, backward.reverse = backward, forward
         dialer = SimStream(self, connection, process, forward, backward)
@@ -457,13 +488,13 @@ class SimNetwork:
         if not pending:
             return
         after = pending.pop(0)
-        assert self._resets_nursery is not None, "arm_reset() before attach()"
+        assert self._start_soon is not None, "arm_reset() before attach()"
 
         async def reset_later() -> None:
             await trio.sleep(after)
             self.reset(connection)
 
-        self._resets_nursery.start_soon(reset_later)
+        self._start_soon(reset_later)
 
     async def listen(self, process: Attachment) -> Sequence[SimListener]:
         await trio.lowlevel.checkpoint()
@@ -493,12 +524,12 @@ class ProcessNetwork:
     """The Network one daemon sees (``meshd.net.Network``): it dials from, and listens on, its own host."""
 
     def __init__(self, network: SimNetwork, process: Attachment) -> None:
-        self._network = network
-        self._process = process
+        self.network = network
+        self.process = process
 
     async def connect(self, address: Address) -> trio.abc.Stream:
-        return await self._network.connect(self._process, address)
+        return await self.network.connect(self.process, address)
 
     async def listen(self, address: Address) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
-        assert address == self._process.address, "a daemon listens on its own slot's address"
-        return await self._network.listen(self._process)
+        assert address == self.process.address, "a daemon listens on its own slot's address"
+        return await self.network.listen(self.process)
