@@ -51,11 +51,13 @@ class Violation:
 
 @define
 class SafetyChecker:
-    """S1, D, S3, S5 and R4's promise always; S2 and S4 only while no slot had two live incarnations at once (A5):
-    with ``duplicates`` (a zombie, a twin) two disjoint meshes of one generation are possible, and no protocol without
-    a quorum can exclude them."""
+    """S1, S3, S5 and R4's promise always. Self-minted generations: D always, S2 and S4 only while no slot had two
+    live incarnations at once (A5): with ``duplicates`` (a zombie, a twin) two disjoint meshes of one generation are
+    possible, and no protocol without a quorum can exclude them. Fixed epochs have no membership: D and S2 hold by the
+    controller's contract A4 (one start per slot per epoch), and are checked while it is kept (``contract``)."""
 
     duplicates: bool = False
+    contract: bool = True  # fixed epochs: the controller kept A4 (a slot started at most once per epoch)
     timely_from: float = float("inf")  # from then on the network is timely (A2): R4 is checked
     violations: list[Violation] = field(factory=list)
     first_ready: dict[Epoch, float] = field(factory=dict)  # when some process was first ready in each generation
@@ -108,6 +110,8 @@ class SafetyChecker:
                 if mine == theirs:
                     continue
                 shared = any(a == b for a, b in zip(mine, theirs, strict=True))
+                if observation.status.mode != "auto" and not self.contract:
+                    continue  # fixed epochs with A4 broken on purpose: nothing is claimed
                 if shared or not self.duplicates:
                     detail = (
                         f"{_who(other.status)} and {_who(observation.status)} are ready in {observation.status.epoch} "
