@@ -1,36 +1,41 @@
 """The ``meshd`` command line: run, status, watch, cluster.
 
-Exit codes: 0 success or orderly stop; 1 runtime failure (port busy, daemon unreachable);
-2 usage or configuration error (the message names the flag or key); 75 fenced by a newer epoch.
+Exit codes: 0 success or orderly stop; 1 runtime failure (a port stayed busy; ``status``/``watch``: no meshd admin
+websocket answered in time); 2 usage or configuration error (the message names the flag or key); 75 fenced by a
+newer epoch. Output cut short by its reader (``meshd status | head -1``) ends the process by SIGPIPE, quietly.
+
+Start-up is part of the contract (a restarted daemon must rejoin fast): this module imports only what parsing the
+command line needs, and each command imports its own machinery. ``status`` and ``watch`` load the admin client,
+never the daemon or the admin server.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import signal
 import sys
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-from attrs import evolve
-from loguru import logger
-
-from meshd import config as configuration
+from meshd.admin import DEFAULT_TIMEOUT
 from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS
 from meshd.core.address import Address
-from meshd.core.wire import U64_MAX, Epoch
-from meshd.daemon import Settings
-from meshd.errors import AdminUnreachable, BindError, ConfigError
-from meshd.logs import configure
+from meshd.core.status import MeshEvent, Status
+from meshd.core.wire import U64_MAX
+from meshd.errors import AdminUnreachable, ConfigError, ExitCode
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    from meshd.admin.messages import WatchMessage
+    from meshd.daemon import Settings
+
 DEFAULT_ADMIN = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
+# What a shell reports for a process killed by SIGPIPE; the exit code itself should that signal be blocked.
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
 
 
 def _address(text: str) -> Address:
@@ -81,10 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=LOG_FORMATS, help="overrides log.format")
     run.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="overrides log.level")
 
-    for name, text in (("status", "show a daemon's mesh status"), ("watch", "print a daemon's events as they happen")):
+    give_up = f"exit 1 when the daemon does not answer within SECONDS (default {DEFAULT_TIMEOUT:g})"
+    for name, text, timeout_help in (
+        ("status", "show a daemon's mesh status", give_up),
+        ("watch", "print a daemon's events as they happen", f"{give_up}; a silence of SECONDS sends a ping"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--admin", type=_address, default=DEFAULT_ADMIN, help=f"default {DEFAULT_ADMIN}")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sub.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_help)
 
     cluster = commands.add_parser("cluster", help="run a local cluster with a controller that restarts crashed daemons")
     cluster.add_argument("--size", type=_count, required=True, help="number of daemons")
@@ -98,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from attrs import evolve
+
+    from meshd import config as configuration
+    from meshd.core.wire import Epoch
+    from meshd.daemon import Settings
+
     config = configuration.load(args.config)
     if args.log_format:
         config.log.format = args.log_format
@@ -119,40 +135,41 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
     from meshd.daemon import serve
+    from meshd.logs import configure
 
     settings = _settings(args)
     configure(settings.config.log.level, settings.config.log.format)
-    try:
-        return trio.run(serve, settings)
-    except BindError as exc:
-        logger.bind(index=settings.index, epoch=str(settings.epoch or settings.mode)).error("{}", exc)
-        return EXIT_FAILURE
+    return trio.run(serve, settings)
 
 
 def _clock(timestamp: float | None) -> str:
     return "-" if not timestamp else datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """A readable table of one daemon's status."""
+def format_status(status: Status | dict[str, Any]) -> str:
+    """A readable table of one daemon's status (typed, or the JSON object ``status --json`` prints)."""
+    if not isinstance(status, Status):
+        status = Status.from_json(status)
     head = (
-        f"meshd index {status['index']} of {status['size']} in cluster {status['cluster']!r}: "
-        f"{status['state']} since {_clock(status['state_since'])}, epoch {status['epoch']}, "
-        f"incarnation {status['incarnation']}"
+        f"meshd index {status.index} of {status.size} in cluster {status.cluster!r}: "
+        f"{status.state} since {_clock(status.state_since)}, epoch {status.epoch}, "
+        f"incarnation {status.incarnation:016x}"
     )
     rows = [("PEER", "ADDRESS", "STATE", "EPOCH", "SINCE", "CONNECTS", "FAILURES", "LAST ERROR")]
-    for peer in status["peers"]:
+    for peer in status.peers:
         rows.append(
             (
-                str(peer["index"]),
-                peer["address"],
-                peer["state"],
-                "-" if peer["epoch"] is None else str(peer["epoch"]),
-                _clock(peer["since"]),
-                str(peer["connects"]),
-                str(peer["failures"]),
-                peer["last_error"] or "-",
+                str(peer.index),
+                str(peer.address),
+                str(peer.state),
+                "-" if peer.epoch is None else str(peer.epoch),
+                _clock(peer.since),
+                str(peer.connects),
+                str(peer.failures),
+                peer.last_error or "-",
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
@@ -162,32 +179,37 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join([head, *(line.rstrip() for line in lines)])
 
 
-def format_event(event: dict[str, Any]) -> str:
-    stamp = datetime.fromtimestamp(event.get("time", 0)).strftime("%H:%M:%S.%f")[:-3]
-    details = " ".join(f"{key}={value}" for key, value in event.items() if key not in ("event", "time", "status"))
-    return f"{stamp} {event['event']:<14} {details}".rstrip()
+def format_event(event: MeshEvent) -> str:
+    """One line per event: its time, its name, then its fields as ``key=value``."""
+    stamp = datetime.fromtimestamp(event.time).strftime("%H:%M:%S.%f")[:-3]
+    fields = event.to_json()
+    details = " ".join(f"{key}={value}" for key, value in fields.items() if key not in ("event", "time"))
+    return f"{stamp} {event.event_name:<14} {details}".rstrip()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from meshd import admin
+    import trio
 
-    status = trio.run(admin.request, args.admin, {"op": "status"})
-    print(json.dumps(status) if args.json else format_status(status))
-    return EXIT_OK
+    from meshd.admin import client
+
+    status = trio.run(functools.partial(client.status, args.admin, timeout=args.timeout))
+    print(json.dumps(status.to_json()) if args.json else format_status(status), flush=True)
+    return ExitCode.OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from meshd import admin
+    import trio
 
-    async def show_events() -> None:
-        async with aclosing(admin.watch(args.admin)) as events:
-            async for event in events:
-                if args.json:
-                    print(json.dumps(event), flush=True)
-                elif event["event"] == "snapshot":
-                    print(format_status(event["status"]), flush=True)
-                else:
-                    print(format_event(event), flush=True)
+    from meshd.admin import client
+    from meshd.admin.messages import Snapshot
+
+    def show(message: WatchMessage) -> None:
+        if args.json:
+            print(json.dumps(message.to_json()), flush=True)
+        elif isinstance(message, Snapshot):
+            print(format_status(message.status), flush=True)
+        else:
+            print(format_event(message), flush=True)
 
     async def follow() -> None:
         """Print events until the daemon goes away or SIGINT/SIGTERM arrives (both end the watch with 0)."""
@@ -199,14 +221,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
-                await show_events()
+                watch = client.events(args.admin, timeout=args.timeout, liveness=args.timeout)
+                async with aclosing(watch) as messages:
+                    async for message in messages:
+                        show(message)
                 nursery.cancel_scope.cancel()
 
-    trio.run(follow)
-    return EXIT_OK
+    try:
+        trio.run(follow)
+    except BaseExceptionGroup as group:
+        raise client.lone_error(group) from None
+    return ExitCode.OK
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    import trio
+
+    from meshd.logs import configure
     from meshd.orchestrator import ClusterSpec, run_cluster
 
     configure("WARNING", "text")
@@ -225,18 +256,32 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "cluster": cmd_cluster}
 
 
+def _end_by_sigpipe() -> int:
+    """The reader of stdout went away (``meshd status | head -1``): end quietly, as Unix tools do, killed by
+    SIGPIPE (the shell reports 141). stdout points at /dev/null first, so that the interpreter's last flush cannot
+    fail again should the signal be blocked: then SIGPIPE_EXIT is the exit code."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return SIGPIPE_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"meshd: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except AdminUnreachable as exc:
         print(f"meshd: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitCode.FAILURE
+    except BrokenPipeError:
+        return _end_by_sigpipe()
     except KeyboardInterrupt:
-        return EXIT_OK
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

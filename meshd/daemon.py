@@ -26,7 +26,7 @@ import trio
 from attrs import field, frozen
 from loguru import logger
 
-from meshd.admin import serve_admin
+from meshd.admin.server import serve_admin
 from meshd.bus import EventBus
 from meshd.config import Config
 from meshd.connection import ExchangeResult, exchange_hellos
@@ -300,18 +300,32 @@ class Daemon:
 
 
 async def serve(settings: Settings) -> int:
-    """Run a daemon as a process: SIGTERM and SIGINT stop it in order. Returns the exit code."""
+    """Run a daemon as a process: SIGTERM and SIGINT stop it in order, also while it still waits for a busy port
+    (nothing is bound then and there is no mesh to leave). Returns the exit code: a port that stays busy is logged
+    and returns 1."""
     daemon = Daemon(settings)
+    binding = trio.CancelScope()
 
     async def stop_on_signal(signals: trio.abc.ReceiveChannel[int]) -> None:
         async for signum in signals:
+            binding.cancel()
             await daemon.stop(f"received {signal.Signals(signum).name}")
             return
 
-    await daemon.bind()
+    async def bind_and_run() -> int:
+        with binding:
+            try:
+                await daemon.bind()
+            except BindError as exc:
+                logger.bind(index=settings.index, epoch=str(settings.epoch or settings.mode)).error("{}", exc)
+                return int(ExitCode.FAILURE)
+        if binding.cancelled_caught:
+            return int(daemon.exit_code)
+        return await daemon.run()
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, signals)
-            code = await daemon.run()
+            code = await bind_and_run()
             nursery.cancel_scope.cancel()
     return code

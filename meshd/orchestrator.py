@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from meshd import admin
+from meshd.admin import client as admin
 from meshd.core.address import Address
 from meshd.errors import AdminUnreachable, ExitCode
 

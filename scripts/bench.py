@@ -63,7 +63,7 @@ from benchlib import (
     write_config,
 )
 
-from meshd import admin
+from meshd.admin import client as admin
 from meshd.core.address import Address
 from meshd.sim.campaign import Summary
 

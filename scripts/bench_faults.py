@@ -45,7 +45,7 @@ from benchlib import (
     write_config,
 )
 
-from meshd import admin
+from meshd.admin import client as admin
 from meshd.config import Timeouts
 from meshd.core.address import Address
 from meshd.errors import ExitCode

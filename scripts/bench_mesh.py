@@ -34,7 +34,7 @@ from benchlib import (
     write_config,
 )
 
-from meshd import admin
+from meshd.admin import client as admin
 from meshd.core.address import Address
 
 # Bound on every wait of a mesh: spawn -> every daemon ready.

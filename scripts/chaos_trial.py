@@ -26,7 +26,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from meshd import admin
+from meshd.admin import client as admin
 from meshd.errors import AdminUnreachable
 from meshd.orchestrator import RESTART_DELAY, EpochController
 from scripts.chaos_faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
 import queue
 import signal
@@ -24,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
+from meshd.admin import client
+from meshd.admin.messages import SNAPSHOT, StatusRequest
 from meshd.core.address import Address
 
 HOST = "127.0.0.1"
@@ -45,10 +44,8 @@ FAST_TIMEOUTS: dict[str, float] = {
 }
 # How much of each log goes into a failure message.
 LOG_TAIL_CHARS = 6000
-# How long closing an admin websocket politely may take before its socket is closed regardless.
-ADMIN_CLOSE_TIMEOUT = 1.0
 # What a request to a daemon that is not there (or dies while answering) raises.
-ADMIN_ERRORS = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError)
+ADMIN_ERRORS = client.CLIENT_ERRORS
 
 _handed_out: set[int] = set()
 
@@ -169,43 +166,6 @@ class Daemon(Proc):
     index: int = 0
     epoch: int | str | None = 0  # what --epoch said: an integer, "auto" or "await" (None: the config file's)
     admin: Address = field(default_factory=lambda: Address(HOST, 0))
-
-
-@contextlib.asynccontextmanager
-async def admin_socket(address: Address) -> AsyncIterator[WebSocketConnection]:
-    """A client websocket to a daemon's admin address (what ``meshd.admin.connect_admin`` opens), whose TCP socket
-    is always closed on the way out.
-
-    trio-websocket 0.12 never closes the socket of a connection whose server vanished without a close handshake
-    (``_abort_web_socket`` marks it closed, so ``aclose`` returns early): it stays open until garbage collection
-    and a ResourceWarning, which pytest turns into a failure of whichever test is running. Daemons killed or
-    fenced while answering or streaming events do exactly that, so the harness owns the socket here.
-    """
-    stream = await trio.open_tcp_stream(address.host, address.port)
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(nursery, stream, address.host, "/")
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(ADMIN_CLOSE_TIMEOUT):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The websocket's reader task ends quietly, so a group holds the one error of the caller's block (or of
-        # the handshake): hand it on as itself, as meshd.admin's client does.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def admin_request(address: Address, message: dict[str, Any]) -> dict[str, Any]:
-    """One admin request and its one answer, as ``meshd.admin.request``, over ``admin_socket``."""
-    async with admin_socket(address) as ws:
-        await ws.send_message(json.dumps(message))
-        return json.loads(await ws.get_message())
 
 
 def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
@@ -343,12 +303,10 @@ class Harness:
 
     async def status(self, address: Address, timeout: float = STATUS_TIMEOUT) -> dict[str, Any] | None:
         """The daemon's status over the admin websocket, or None when it does not answer in time."""
-        with trio.move_on_after(timeout):
-            try:
-                return await admin_request(address, {"op": "status"})
-            except ADMIN_ERRORS:
-                return None
-        return None
+        try:
+            return await client.request(address, StatusRequest(), timeout=timeout)
+        except ADMIN_ERRORS:
+            return None
 
     async def statuses(self, daemons: Iterable[Daemon]) -> list[dict[str, Any] | None]:
         daemons = list(daemons)
@@ -425,27 +383,22 @@ async def watching(harness: Harness, daemons: Iterable[Daemon]) -> AsyncIterator
     """Watch every daemon's events while the block runs; each watcher is subscribed before the block starts."""
 
     async def follow(watch: Watch, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # The admin ``watch`` op, as ``meshd.admin.watch`` sends it, over a socket the harness closes itself (see
-        # admin_socket); the stream ends when the daemon goes away. Only the snapshot is bounded.
+        # The admin client's watch: its snapshot is bounded, the stream ends when the daemon goes away.
         started = False
-        with trio.CancelScope(deadline=trio.current_time() + STATUS_TIMEOUT) as bounded:
-            try:
-                async with admin_socket(watch.address) as ws:
-                    await ws.send_message(json.dumps({"op": "watch"}))
-                    first = json.loads(await ws.get_message())
-                    bounded.deadline = math.inf
-                    if first.get("event") != "snapshot":
-                        harness.fail(f"watch at {watch.address} began with {first!r}, not a snapshot")
-                    watch.snapshot = first["status"]
+        try:
+            async with contextlib.aclosing(client.watch(watch.address, timeout=STATUS_TIMEOUT)) as messages:
+                async for message in messages:
+                    if started:
+                        watch.events.append(message)
+                        continue
+                    if message.get("event") != SNAPSHOT:
+                        harness.fail(f"watch at {watch.address} began with {message!r}, not a snapshot")
+                    watch.snapshot = message["status"]
                     task_status.started()
                     started = True
-                    while True:
-                        watch.events.append(json.loads(await ws.get_message()))
-            except ADMIN_ERRORS as exc:
-                if not started:
-                    harness.fail(f"the watch at {watch.address} failed before its snapshot: {exc!r}")
-        if bounded.cancelled_caught:
-            harness.fail(f"no snapshot from the watch at {watch.address} within {STATUS_TIMEOUT}s")
+        except ADMIN_ERRORS as exc:
+            if not started:
+                harness.fail(f"the watch at {watch.address} failed before its snapshot: {exc!r}")
         watch.ended = True
 
     watches = [Watch(daemon.admin) for daemon in daemons]

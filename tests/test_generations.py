@@ -26,8 +26,10 @@ from typing import Any
 import pytest
 import trio
 
-from meshd import admin
 from meshd import config as configuration
+from meshd.admin import client as admin
+from meshd.admin.client import connect as admin_socket
+from meshd.admin.client import request as admin_request
 from meshd.core.hello import EpochMode
 from meshd.core.wire import Epoch
 from meshd.daemon import FENCE_LINGER, Settings
@@ -39,8 +41,6 @@ from tests.proc_harness import (
     Cluster,
     Daemon,
     Harness,
-    admin_request,
-    admin_socket,
     is_ready,
     watching,
 )

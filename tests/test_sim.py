@@ -165,10 +165,13 @@ def test_every_seed_converges_within_the_bound_with_no_violation(size, seeds):
 
 
 # For each broken variant: what the simulation must report for it, and how many seeds it may take to find one.
+# variant -> (the kinds of failure that are its signature, seeds to try). Ready without comparing views shows either as
+# two ready meshes with different views (S2) or as a process ready while a peer's link is down (R4): both are what
+# view agreement exists to prevent; which one a seed hits first depends on the schedule.
 EXPECTED_CATCH = {
-    "no-epoch-check": ("S1: slot", 10),
-    "classic-no-redial": ("did not converge", 10),
-    "no-view-agreement": ("with different views", 120),
+    "no-epoch-check": (("S1: slot",), 10),
+    "classic-no-redial": (("did not converge",), 10),
+    "no-view-agreement": (("with different views", "R4: slot"), 120),
 }
 
 
@@ -192,7 +195,8 @@ def test_the_simulation_catches_a_broken_variant(variant):
             failing = outcome
             break
     assert failing is not None, f"{variant}: no failing seed among {seeds}"
-    assert expected in (failing.failure or "") + " ".join(failing.violations), (failing.failure, failing.violations)
+    report = (failing.failure or "") + " ".join(failing.violations)
+    assert any(kind in report for kind in expected), (failing.failure, failing.violations)
     # The same seed with the real protocol passes: the variant's rule is what broke it.
     assert run_seed(failing.seed, 4, "mixed", None).ok
 

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import trio
 from attrs import define, field
 
-from meshd import admin
+from meshd.admin import client as admin
+from meshd.admin.messages import Snapshot
 from meshd.cluster.policy import EpochController
 from meshd.cluster.spawn import log_tail, run_argv, start
 from meshd.core.address import Address
-from meshd.core.status import Status
+from meshd.core.status import MeshEvent, Status
 from meshd.errors import ExitCode
 
 # Pause before restarting an exited daemon, as a process supervisor would (keeps a crash loop from spinning).
@@ -57,7 +57,7 @@ class Incarnation:
     killed: bool = False  # the controller sent SIGKILL (a fault, or the end)
     stopping: bool = False  # the controller sent SIGTERM (the end)
     snapshot: Status | None = None  # its own status, the first its watch got (so it bound its ports)
-    events: list[dict[str, Any]] = field(factory=list)
+    events: list[MeshEvent] = field(factory=list)
 
     @property
     def pid(self) -> int:
@@ -147,15 +147,14 @@ class Controller:
         address = self.slots[incarnation.slot].admin
         while incarnation.running and incarnation.snapshot is None:
             with contextlib.suppress(*admin.CLIENT_ERRORS):
-                async with aclosing(admin.watch(address)) as events:
-                    async for event in events:
-                        if event["event"] != "snapshot":
-                            incarnation.events.append(event)
+                async with aclosing(admin.events(address)) as messages:
+                    async for message in messages:
+                        if not isinstance(message, Snapshot):
+                            incarnation.events.append(message)
                             continue
-                        status = Status.from_json(event["status"])
-                        if not incarnation.running or status.started < incarnation.spawned:
+                        if not incarnation.running or message.status.started < incarnation.spawned:
                             break
-                        incarnation.snapshot = status
+                        incarnation.snapshot = message.status
             await trio.sleep(WATCH_RETRY)
 
     async def wait(self, incarnation: Incarnation) -> int:
@@ -220,8 +219,8 @@ class Controller:
 
     async def status(self, slot: int, timeout: float = STATUS_TIMEOUT) -> Status | None:
         """The slot's status, or None when nothing answers in time (or the answer is not meshd's)."""
-        with trio.move_on_after(timeout), contextlib.suppress(*admin.CLIENT_ERRORS, KeyError, TypeError):
-            return Status.from_json(await admin.request(self.slots[slot].admin, {"op": "status"}))
+        with contextlib.suppress(*admin.CLIENT_ERRORS):
+            return await admin.status(self.slots[slot].admin, timeout=timeout)
         return None
 
     async def statuses(self, timeout: float = STATUS_TIMEOUT) -> list[Status | None]:
