@@ -19,7 +19,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import trio
@@ -299,18 +299,21 @@ class Daemon:
         logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", reason)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, net: Network | None = None, early_signals: Sequence[int] = ()) -> int:
     """Run a daemon as a process: SIGTERM and SIGINT stop it in order, also while it still waits for a busy port
     (nothing is bound then and there is no mesh to leave). Returns the exit code: a port that stays busy is logged
-    and returns 1."""
-    daemon = Daemon(settings)
+    and returns 1.
+
+    ``early_signals`` are those that arrived before trio ran (``meshd run`` notes them from its first instant, as it
+    listens before it loads trio): the first of them stops the daemon as soon as it runs.
+    """
+    daemon = Daemon(settings, net)
     binding = trio.CancelScope()
 
-    async def stop_on_signal(signals: trio.abc.ReceiveChannel[int]) -> None:
-        async for signum in signals:
-            binding.cancel()
-            await daemon.stop(f"received {signal.Signals(signum).name}")
-            return
+    async def stop_on_signal(signals: AsyncIterator[int]) -> None:
+        signum = early_signals[0] if early_signals else await anext(signals)
+        binding.cancel()
+        await daemon.stop(f"received {signal.Signals(signum).name}")
 
     async def bind_and_run() -> int:
         with binding:

@@ -8,13 +8,15 @@ single conversion point (``meshd.connection``); bind errors are retried here and
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+import socket
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import trio
 
 from meshd.core.address import Address
 from meshd.errors import BindError
+from meshd.listen import open_listening_sockets
 
 # How often a busy port is tried again while the bind period lasts.
 BIND_RETRY_INTERVAL = 0.1
@@ -31,13 +33,23 @@ class Network(Protocol):
 
 
 class TcpNetwork:
-    """Real TCP. Listeners set SO_REUSEADDR (trio's default), so only a live listener makes a port busy."""
+    """Real TCP. Listeners set SO_REUSEADDR, so only a live listener makes a port busy.
+
+    ``listening`` hands over sockets opened before the daemon started (``meshd run`` opens its mesh port first):
+    the first listen on such an address adopts them.
+    """
+
+    def __init__(self, listening: Mapping[Address, Sequence[socket.socket]] | None = None) -> None:
+        self._listening = dict(listening or {})
 
     async def connect(self, address: Address) -> trio.abc.Stream:
         return await trio.open_tcp_stream(address.host, address.port)
 
     async def listen(self, address: Address) -> Sequence[trio.SocketListener]:
-        return await trio.open_tcp_listeners(address.port, host=address.host)
+        sockets = self._listening.pop(address, None)
+        if sockets is None:
+            sockets = await trio.to_thread.run_sync(open_listening_sockets, address)
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 def describe_os_error(exc: OSError) -> str:
