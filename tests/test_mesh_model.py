@@ -15,7 +15,7 @@ from meshd.core.generation import CLOCK_CEILING, MAJOR_CEILING, mint
 from meshd.core.hello import Action, EpochMode, Identity, Outcome
 from meshd.core.mesh import DropLinks, Exit, MeshModel, Publish, SendView
 from meshd.core.status import MeshState, PeerState
-from meshd.core.wire import U64_MAX, Epoch, Refuse, RefuseReason
+from meshd.core.wire import U64_MAX, Epoch, Goodbye, Refuse, RefuseReason
 from meshd.errors import ExitCode, LocalProtocolError
 from meshd.explore.steps import deliver, dial
 from meshd.explore.world import Oracle, World
@@ -250,12 +250,19 @@ def test_an_illegal_transition_raises_and_changes_nothing():
     assert model.state is MeshState.FORMING and model.state_since == 0.0
 
 
-def test_a_stop_says_goodbye_to_every_later_hello():
-    model = MeshModel(Identity("x", 0, 2, Epoch(1), 1), ADDRESSES[:2], EpochMode.FIXED, 0.0)
-    effects = model.stop("SIGTERM", 1.0)
+def test_a_stop_says_goodbye_to_every_later_hello_and_the_peer_does_not_link():
+    """A stayer must never link a stopping daemon again (the real-process race of the review, decided here)."""
+    leaving = MeshModel(Identity("x", 0, 2, Epoch(1), 1), ADDRESSES[:2], EpochMode.FIXED, 0.0)
+    stayer = MeshModel(Identity("x", 1, 2, Epoch(1), 2), ADDRESSES[:2], EpochMode.FIXED, 0.0)
+    effects = leaving.stop("SIGTERM", 1.0)
     assert effects[-1] == Exit(ExitCode.OK, "SIGTERM")
-    exchange = model.judge(Identity("x", 1, 2, Epoch(1), 2).hello(None), 1, Epoch(1))
-    assert type(exchange.answer).__name__ == "Goodbye"
+    for dialer in (0, 1):  # the stayer dials, or the leaving daemon's last dial is still in flight
+        at_leaving = leaving.judge(stayer.me.hello(None), 1, Epoch(1))
+        at_stayer = stayer.judge(leaving.me.hello(None), 0, Epoch(1))
+        assert isinstance(at_leaving.answer, Goodbye)
+        concluded = stayer.conclude(at_stayer, at_leaving.answer, ("t", dialer), dialer, 1.0)
+        assert concluded.outcome is Outcome.NOTHING and not concluded.effects
+        assert stayer.rows[0].state is not PeerState.UP
 
 
 def test_a_copy_is_independent():

@@ -393,36 +393,24 @@ async def test_status_last_error_shows_peer_left_after_sigterm(harness: Harness)
 
 
 async def test_stopping_daemon_is_not_linked_again_after_its_goodbye(harness: Harness):
-    """After a peer's goodbye, the stayers must not link to it again (and report ``ready``) while it shuts down.
+    """Smoke test over real sockets: after a peer's goodbye no stayer reports a link_up to it while it shuts down.
 
-    The window is a race, so the test stops each daemon in turn and watches every stayer: on a daemon that
-    refuses links once stopping it can never fail, and a daemon that does not is caught with high probability.
+    The rule itself (a stopping daemon answers every hello with GOODBYE, and a GOODBYE never links) is decided,
+    with no race, by tests/test_mesh_model.py::test_a_stop_says_goodbye_to_every_later_hello_and_the_peer_does_not_link.
     """
-    cluster = harness.cluster(4)
+    cluster = harness.cluster(3)
     daemons = harness.start_all(cluster, epoch=1)
     await harness.wait_ready(daemons, epoch=1)
-    relinked = []
-    for round_number in range(6):
-        leaving = daemons[round_number % cluster.size]
-        stayers = [daemon for daemon in daemons if daemon is not leaving]
-        async with watching(harness, stayers) as watches:
-            leaving.signal(signal.SIGTERM)
-            harness.check(await harness.wait_exit(leaving) == 0, f"{leaving.name}: SIGTERM did not exit 0")
-            await trio.sleep(SETTLE)
-        for watch in watches:
-            events = [event for event in watch.events if event.get("peer") == leaving.index]
-            goodbye = next((n for n, event in enumerate(events) if "peer left" in event.get("reason", "")), None)
-            harness.check(goodbye is not None, f"no 'peer left' link_down at {watch.address}: {watch.events}")
-            again = [event for event in events[goodbye:] if event["event"] == "link_up"]
-            if again:
-                relinked.append((round_number, watch.snapshot["index"], leaving.index, again))
-        daemons[leaving.index] = harness.start(cluster, leaving.index, epoch=1)
-        await harness.wait_ready(daemons, epoch=1)
-    harness.check(
-        not relinked,
-        "stayers linked again to a daemon after its goodbye, while it was stopping "
-        f"(round, stayer, leaver, link_up events): {relinked}",
-    )
+    leaving, stayers = daemons[0], daemons[1:]
+    async with watching(harness, stayers) as watches:
+        leaving.signal(signal.SIGTERM)
+        harness.check(await harness.wait_exit(leaving) == 0, f"{leaving.name}: SIGTERM did not exit 0")
+    for watch in watches:
+        events = [event for event in watch.events if event.get("peer") == leaving.index]
+        goodbye = next((n for n, event in enumerate(events) if "peer left" in event.get("reason", "")), None)
+        harness.check(goodbye is not None, f"no 'peer left' link_down at {watch.address}: {watch.events}")
+        again = [event for event in events[goodbye:] if event["event"] == "link_up"]
+        harness.check(not again, f"{watch.address} linked the stopping daemon again after its goodbye: {again}")
 
 
 # ----- 9. meshd status
