@@ -14,14 +14,24 @@ from attrs import frozen
 
 from meshd.core.hello import Action, Handshake, HandshakeEvent, PeerAnswer, PeerFailed, PeerHello
 from meshd.core.mesh import Exchange
-from meshd.core.wire import Answer, Epoch, Frame, FrameDecoder, Hello, encode
-from meshd.errors import LinkFailure, RemoteProtocolError
+from meshd.core.status import EndCause, LinkEnd
+from meshd.core.wire import Answer, Epoch, Frame, FrameDecoder, Hello, RefuseReason, encode
+from meshd.errors import MeshdError, RemoteProtocolError
 from meshd.net import describe_os_error
 
 # Bytes asked of the transport per read; frames are tiny, this only bounds one read.
 RECEIVE_CHUNK = 64 * 1024
 # How long a parting frame (a refusal, a goodbye) may take before the connection is closed regardless.
 PARTING_TIMEOUT = 0.5
+
+
+class LinkFailure(MeshdError):
+    """A peer link or a connection attempt ended; ``end`` says how, typed (its detail is the text shown in status
+    and logs). Raised by the I/O shell only; it disturbs nothing beyond the link that raised it."""
+
+    def __init__(self, cause: EndCause, detail: str, refused: RefuseReason | None = None) -> None:
+        super().__init__(detail)
+        self.end = LinkEnd(cause, detail, refused)
 
 
 def as_link_failure(exc: Exception) -> LinkFailure:
@@ -31,12 +41,12 @@ def as_link_failure(exc: Exception) -> LinkFailure:
     """
     match exc:
         case RemoteProtocolError():
-            return LinkFailure(f"protocol error: {exc}")
+            return LinkFailure(EndCause.PROTOCOL, f"protocol error: {exc}")
         case trio.BrokenResourceError() | trio.ClosedResourceError():
-            return LinkFailure(f"connection broken: {exc.__cause__ or exc}")
+            return LinkFailure(EndCause.CLOSED, f"connection broken: {exc.__cause__ or exc}")
         case OSError():
-            return LinkFailure(f"connection error: {describe_os_error(exc)}")
-    return LinkFailure(f"connection error: {exc!r}")
+            return LinkFailure(EndCause.CLOSED, f"connection error: {describe_os_error(exc)}")
+    return LinkFailure(EndCause.CLOSED, f"connection error: {exc!r}")
 
 
 LINK_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -90,7 +100,7 @@ class FramedConnection:
             if frame is not None:
                 return frame
             if self.decoder.at_eof:
-                raise LinkFailure("peer closed the connection")
+                raise LinkFailure(EndCause.CLOSED, "peer closed the connection")
             await self.fill()
 
     async def part(self, frame: Frame) -> None:
@@ -142,8 +152,10 @@ async def exchange_hellos(
             if isinstance(event, PeerFailed):
                 with trio.move_on_after(PARTING_TIMEOUT):
                     await conn.send_bytes(machine.data_to_send())  # our refusal of the garbage, if any
-                reason = event.reason.name.lower() if event.reason is not None else "closed"
-                raise LinkFailure(f"no hello from the peer ({reason}): {event.detail}")
+                if event.reason is None:
+                    raise LinkFailure(EndCause.CLOSED, f"no hello from the peer (closed): {event.detail}")
+                reason = event.reason.name.lower()
+                raise LinkFailure(EndCause.REFUSED, f"no hello from the peer ({reason}): {event.detail}", event.reason)
             assert isinstance(event, PeerHello)
             exchange = mesh.judge(event.hello, expected_peer, ours.epoch)
             machine.answer(exchange.answer)
@@ -156,7 +168,7 @@ async def exchange_hellos(
         raise
     if exchange is None:
         await conn.aclose()
-        raise LinkFailure(f"no hello from the peer within {timeout}s")
+        raise LinkFailure(EndCause.PROTOCOL, f"no hello from the peer within {timeout}s")
     return ExchangeResult(conn, exchange, answer.answer if isinstance(answer, PeerAnswer) else None)
 
 

@@ -29,15 +29,24 @@ from loguru import logger
 from meshd.admin.server import serve_admin
 from meshd.bus import EventBus
 from meshd.config import Config
-from meshd.connection import ExchangeResult, exchange_hellos
+from meshd.connection import ExchangeResult, LinkFailure, exchange_hellos
 from meshd.core import generation
 from meshd.core.address import Address
 from meshd.core.hello import EpochMode, Identity, Outcome
 from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
 from meshd.core.slot import LinkOrigin
-from meshd.core.status import Fenced, GenerationMoved, LinkDown, LinkUp, MeshEvent, PeerRestarted, StateChanged
+from meshd.core.status import (
+    Fenced,
+    GenerationMoved,
+    LinkDown,
+    LinkEnd,
+    LinkUp,
+    MeshEvent,
+    PeerRestarted,
+    StateChanged,
+)
 from meshd.core.wire import Epoch, Goodbye, View
-from meshd.errors import BindError, ExitCode, LinkFailure
+from meshd.errors import BindError, ExitCode
 from meshd.link import PeerLink, Session, why_no_link
 from meshd.net import Network, TcpNetwork, bind_with_retry
 
@@ -191,15 +200,15 @@ class Daemon:
             await result.conn.aclose()
         return concluded
 
-    def link_ended(self, peer: int, session: Session, reason: str) -> None:
-        self.apply(self.model.link_ended(peer, session, reason, self._now()))
+    def link_ended(self, peer: int, session: Session, end: LinkEnd) -> None:
+        self.apply(self.model.link_ended(peer, session, end, self._now()))
 
     def view_received(self, peer: int, session: Session, view: View) -> None:
         self.apply(self.model.view_received(peer, session, view, self._now()))
 
-    def attempt_failed(self, peer: int, reason: str) -> None:
-        if self.model.attempt_failed(peer, reason):
-            logger.bind(index=self.me.index, epoch=str(self.me.epoch)).debug("peer {}: {}", peer, reason)
+    def attempt_failed(self, peer: int, end: LinkEnd) -> None:
+        if self.model.attempt_failed(peer, end):
+            logger.bind(index=self.me.index, epoch=str(self.me.epoch)).debug("peer {}: {}", peer, end)
 
     def request_start(self, epoch: Epoch) -> dict[str, Any]:
         """The controller's ``start`` op (``--epoch await``): the answer to send back."""
@@ -289,14 +298,14 @@ class Daemon:
             timeout = self.settings.config.timeouts.handshake
             result = await exchange_hellos(stream, self.model, None, timeout)
         except LinkFailure as exc:
-            self._inbound_refused(exc.reason)
+            self._inbound_refused(exc.end)
             return
         concluded = await self.settle(result, dialer=result.exchange.peer)
         if concluded.outcome is Outcome.NOTHING:
             self._inbound_refused(why_no_link(result))
 
-    def _inbound_refused(self, reason: str) -> None:
-        logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", reason)
+    def _inbound_refused(self, end: LinkEnd | str) -> None:
+        logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", end)
 
 
 async def serve(settings: Settings, net: Network | None = None, early_signals: Sequence[int] = ()) -> int:

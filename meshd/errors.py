@@ -29,17 +29,6 @@ class RemoteProtocolError(MeshdError):
     """The peer sent bytes that are not a valid meshd frame, or a frame that is illegal in the current state."""
 
 
-class LinkFailure(MeshdError):
-    """A peer link or a connection attempt ended; ``reason`` is the short text shown in status and logs.
-
-    Raised by the I/O shell only; it disturbs nothing beyond the link that raised it.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class BindError(MeshdError):
     """A listening address stayed unavailable (busy port, bad host) for the whole bounded retry period (exit 1)."""
 

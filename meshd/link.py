@@ -15,14 +15,14 @@ import trio
 from attrs import define, field
 
 from meshd.config import Timeouts
-from meshd.connection import ExchangeResult, FramedConnection, exchange_hellos
+from meshd.connection import ExchangeResult, FramedConnection, LinkFailure, exchange_hellos
 from meshd.core.address import Address
 from meshd.core.backoff import Backoff
 from meshd.core.hello import Outcome
 from meshd.core.mesh import Concluded, MeshModel
 from meshd.core.slot import LinkOrigin
+from meshd.core.status import EndCause, LinkEnd
 from meshd.core.wire import Goodbye, Heartbeat, Refuse, View, encode
-from meshd.errors import LinkFailure
 from meshd.net import Network, describe_os_error
 
 # A heartbeat never changes: encode it once.
@@ -43,15 +43,15 @@ class Session:
     conn: FramedConnection
     origin: LinkOrigin
     scope: trio.CancelScope = field(factory=trio.CancelScope)
-    failure: str | None = None
+    failure: LinkEnd | None = None
     # The peer kept this connection too (a heartbeat arrived). When an unproven link drops, the dial loop backs off
     # before redialing: a peer that accepts a handshake and then refuses the link must not cause a dial storm.
     proven: bool = False
     running: bool = False  # its reader and heartbeat tasks were started
 
-    def fail(self, reason: str) -> None:
+    def fail(self, end: LinkEnd) -> None:
         if self.failure is None:
-            self.failure = reason
+            self.failure = end
         self.scope.cancel()
 
 
@@ -62,26 +62,26 @@ class Mesh(Protocol):
 
     async def settle(self, result: ExchangeResult, dialer: int) -> Concluded: ...
 
-    def link_ended(self, peer: int, session: Session, reason: str) -> None: ...
+    def link_ended(self, peer: int, session: Session, end: LinkEnd) -> None: ...
 
     def view_received(self, peer: int, session: Session, view: View) -> None: ...
 
-    def attempt_failed(self, peer: int, reason: str) -> None: ...
+    def attempt_failed(self, peer: int, end: LinkEnd) -> None: ...
 
 
-def why_no_link(result: ExchangeResult) -> str:
-    """The row's ``last_attempt_error`` for an exchange that made no link, from the two answers."""
+def why_no_link(result: ExchangeResult) -> LinkEnd:
+    """Why an exchange made no link (the row's ``last_attempt_error``), from the two answers."""
     ours, theirs = result.exchange.answer, result.answer
     if isinstance(ours, Refuse):
-        return f"refused peer ({ours.reason.name.lower()}): {ours.detail}"
+        return LinkEnd(EndCause.REFUSED, f"refused peer ({ours.reason.name.lower()}): {ours.detail}", ours.reason)
     match theirs:
         case Refuse(reason=reason, detail=detail):
-            return f"peer refused us ({reason.name.lower()}): {detail}"
+            return LinkEnd(EndCause.REFUSED, f"peer refused us ({reason.name.lower()}): {detail}", reason)
         case Goodbye(reason=reason):
-            return f"peer is leaving: {reason}"
+            return LinkEnd(EndCause.GOODBYE, f"peer is leaving: {reason}")
         case None:
-            return "peer did not answer our hello"
-    return "the connection lost the tie-break"
+            return LinkEnd(EndCause.NO_ANSWER, "peer did not answer our hello")
+    return LinkEnd(EndCause.LOCAL, "the connection lost the tie-break")
 
 
 class PeerLink:
@@ -125,7 +125,7 @@ class PeerLink:
         """``session`` is the link now; ``replaced`` (the previous link, if the model says so) is finished."""
         assert self._nursery is not None, "start() before run()"
         if replaced is not None:
-            replaced.fail("replaced by a newer connection")
+            replaced.fail(LinkEnd(EndCause.LOCAL, "replaced by a newer connection"))
         self._session = session
         session.running = True
         self._nursery.start_soon(self._run_session, session)
@@ -143,7 +143,7 @@ class PeerLink:
         session = self._session
         if session is not None and session in sessions:
             session.proven = True  # the link did nothing wrong: no back-off before the redial
-            session.fail(reason)
+            session.fail(LinkEnd(EndCause.LOCAL, reason))
             self._session = None
             self._went_down.set()
         self._backoff.reset()
@@ -178,7 +178,7 @@ class PeerLink:
             try:
                 result = await self._dial()
             except LinkFailure as exc:
-                self._mesh.attempt_failed(self.peer, exc.reason)
+                self._mesh.attempt_failed(self.peer, exc.end)
                 await self._pause()
                 continue
             concluded = await self._mesh.settle(result, dialer=self._mesh.model.me.index)
@@ -200,9 +200,11 @@ class PeerLink:
             try:
                 stream = await self._net.connect(self.address)
             except OSError as exc:
-                raise LinkFailure(f"connect to {self.address} failed: {describe_os_error(exc)}") from exc
+                detail = f"connect to {self.address} failed: {describe_os_error(exc)}"
+                raise LinkFailure(EndCause.UNREACHABLE, detail) from exc
         if connecting.cancelled_caught:
-            raise LinkFailure(f"connect to {self.address} timed out after {self._timeouts.connect}s")
+            detail = f"connect to {self.address} timed out after {self._timeouts.connect}s"
+            raise LinkFailure(EndCause.UNREACHABLE, detail)
         return await exchange_hellos(stream, self._mesh.model, self.peer, self._timeouts.handshake)
 
     # ----- a session -----
@@ -211,7 +213,7 @@ class PeerLink:
         try:
             await session.conn.send_bytes(self._mesh.model.view_frame())
         except LinkFailure as exc:
-            session.fail(exc.reason)
+            session.fail(exc.end)
 
     async def _run_session(self, session: Session) -> None:
         try:
@@ -224,7 +226,7 @@ class PeerLink:
         if self._session is session:
             self._session = None
             self._went_down.set()
-        self._mesh.link_ended(self.peer, session, session.failure or "link closed")
+        self._mesh.link_ended(self.peer, session, session.failure or LinkEnd(EndCause.LOCAL, "link closed"))
 
     async def _send_heartbeats(self, session: Session) -> None:
         """Send a heartbeat now, then on a grid of the interval shared by every link (and, on one host, every
@@ -235,7 +237,7 @@ class PeerLink:
                 await session.conn.send_bytes(HEARTBEAT_FRAME)
                 await trio.sleep_until(next_tick(trio.current_time(), interval))
         except LinkFailure as exc:
-            session.fail(exc.reason)
+            session.fail(exc.end)
 
     async def _receive(self, session: Session) -> None:
         """Read frames until the link fails; silence longer than the heartbeat timeout is a failure."""
@@ -253,11 +255,13 @@ class PeerLink:
                         case View():
                             self._mesh.view_received(self.peer, session, frame)
                         case Goodbye(reason=reason):
-                            raise LinkFailure(f"peer left: {reason}")
+                            raise LinkFailure(EndCause.GOODBYE, f"peer left: {reason}")
                         case Refuse(reason=reason, detail=detail):
-                            raise LinkFailure(f"peer refused the link ({reason.name.lower()}): {detail}")
+                            detail = f"peer refused the link ({reason.name.lower()}): {detail}"
+                            raise LinkFailure(EndCause.REFUSED, detail, reason)
                         case _:
-                            raise LinkFailure(f"protocol error: unexpected {type(frame).__name__} on an up link")
-            raise LinkFailure(f"no heartbeat for {timeout}s")
+                            detail = f"protocol error: unexpected {type(frame).__name__} on an up link"
+                            raise LinkFailure(EndCause.PROTOCOL, detail)
+            raise LinkFailure(EndCause.SILENCE, f"no heartbeat for {timeout}s")
         except LinkFailure as exc:
-            session.fail(exc.reason)
+            session.fail(exc.end)

@@ -331,6 +331,8 @@ STATUS = {
             "failures": 1,
             "last_error": None,
             "last_attempt_error": None,
+            "last_cause": None,
+            "last_refused": None,
         },
         {
             "index": 2,
@@ -341,8 +343,10 @@ STATUS = {
             "since": 0.0,
             "connects": 0,
             "failures": 17,
-            "last_error": "connection error: connection refused",
-            "last_attempt_error": "connection error: connection refused",
+            "last_error": "peer refused us (stale_epoch): epoch 3 is older than ours (4)",
+            "last_attempt_error": "peer refused us (stale_epoch): epoch 3 is older than ours (4)",
+            "last_cause": "refused",
+            "last_refused": "stale_epoch",
         },
     ],
 }
@@ -376,7 +380,7 @@ def test_status_table_lists_every_peer():
     assert cells[5:] == ["2", "1", "-"]
 
     assert down.split()[:7] == ["2", "[::1]:7002", "down", "-", "-", "0", "17"]
-    assert down.endswith("  connection error: connection refused")
+    assert down.endswith("  peer refused us (stale_epoch): epoch 3 is older than ours (4)")
 
 
 def test_status_table_columns_line_up():

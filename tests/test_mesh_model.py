@@ -14,7 +14,7 @@ from meshd.core.address import Address
 from meshd.core.generation import CLOCK_CEILING, MAJOR_CEILING, mint
 from meshd.core.hello import Action, EpochMode, Identity, Outcome
 from meshd.core.mesh import DropLinks, Exit, MeshModel, Publish, SendView
-from meshd.core.status import MeshState, PeerState
+from meshd.core.status import EndCause, LinkEnd, MeshState, PeerState
 from meshd.core.wire import U64_MAX, Epoch, Goodbye, Refuse, RefuseReason
 from meshd.errors import ExitCode, LocalProtocolError
 from meshd.explore.steps import deliver, dial
@@ -22,6 +22,8 @@ from meshd.explore.world import Oracle, World
 from meshd.sim.variants import VARIANTS
 
 ADDRESSES = [Address("10.0.0.1", 7000), Address("10.0.0.2", 7000), Address("10.0.0.3", 7000)]
+# How a link that went silent ends (what the shell reports after heartbeat_timeout).
+NO_HEARTBEAT = LinkEnd(EndCause.SILENCE, "no heartbeat")
 
 
 class StepMint(Oracle):
@@ -164,14 +166,14 @@ def test_a_link_down_anywhere_takes_every_member_out_of_ready():
     w = formed(3)
     m = models(w)
     link = m[0].slots[2].current
-    effects = m[0].link_ended(2, link, "no heartbeat", 0.0)
+    effects = m[0].link_ended(2, link, NO_HEARTBEAT, 0.0)
     sent = [effect for effect in effects if isinstance(effect, SendView)]
     assert [effect.peers for effect in sent] == [(1,)]
     w.apply(w.current[0], effects)
     drain(w)
     assert m[1].state is MeshState.DEGRADED
     assert m[0].state is MeshState.DEGRADED
-    assert m[0].link_ended(1, m[0].slots[1].current, "no heartbeat", 0.0)[-1:] != sent  # no second partial view
+    assert m[0].link_ended(1, m[0].slots[1].current, NO_HEARTBEAT, 0.0)[-1:] != sent  # no second partial view
 
 
 @pytest.mark.parametrize("variant", [None, "hello-alone"])
@@ -269,7 +271,7 @@ def test_a_copy_is_independent():
     w = formed(2)
     model = models(w)[0]
     twin = model.copy()
-    twin.link_ended(1, twin.slots[1].current, "gone", 1.0)
+    twin.link_ended(1, twin.slots[1].current, NO_HEARTBEAT, 1.0)
     assert model.rows[1].state is PeerState.UP and model.slots[1].current is not None
     assert twin.rows[1].state is PeerState.DOWN and twin.slots[1].current is None
     mutable = [name for name, value in vars(model).items() if isinstance(value, dict | list | set)]

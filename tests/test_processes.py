@@ -362,9 +362,10 @@ async def test_stop_signal_exits_0_and_peers_see_peer_left(harness: Harness, sig
     for watch in watches:
         downs = [event for event in watch.of("link_down") if event["peer"] == leaving.index]
         harness.check(downs, f"no link_down for peer {leaving.index} at {watch.address}: {watch.events}")
+        said = f"peer left: received {signal.Signals(signum).name}"
         harness.check(
-            downs[0]["reason"] == f"peer left: received {signal.Signals(signum).name}",
-            f"link_down reason at {watch.address} is {downs[0]['reason']!r}",
+            downs[0]["cause"] == "goodbye" and downs[0]["reason"] == said,
+            f"link_down at {watch.address} is {downs[0]!r}",
         )
 
 
@@ -387,7 +388,7 @@ async def test_status_last_error_shows_peer_left_after_sigterm(harness: Harness)
     for daemon, status in zip(stayers, await harness.statuses(stayers), strict=True):
         row = peer_row(status, leaving.index)
         harness.check(
-            row["state"] == "down" and "peer left" in (row["last_error"] or ""),
+            row["state"] == "down" and row["last_cause"] == "goodbye",
             f"{daemon.name}'s status row for the SIGTERMed peer does not say it left: {row}",
         )
 
@@ -407,8 +408,8 @@ async def test_stopping_daemon_is_not_linked_again_after_its_goodbye(harness: Ha
         harness.check(await harness.wait_exit(leaving) == 0, f"{leaving.name}: SIGTERM did not exit 0")
     for watch in watches:
         events = [event for event in watch.events if event.get("peer") == leaving.index]
-        goodbye = next((n for n, event in enumerate(events) if "peer left" in event.get("reason", "")), None)
-        harness.check(goodbye is not None, f"no 'peer left' link_down at {watch.address}: {watch.events}")
+        goodbye = next((n for n, event in enumerate(events) if event.get("cause") == "goodbye"), None)
+        harness.check(goodbye is not None, f"no link_down of cause goodbye at {watch.address}: {watch.events}")
         again = [event for event in events[goodbye:] if event["event"] == "link_up"]
         harness.check(not again, f"{watch.address} linked the stopping daemon again after its goodbye: {again}")
 

@@ -14,7 +14,7 @@ import trio
 
 from meshd.connection import PARTING_TIMEOUT
 from meshd.core.address import Address
-from meshd.core.status import MeshState, PeerState
+from meshd.core.status import EndCause, LinkEnd, MeshState, PeerState
 from meshd.core.wire import (
     NO_TARGET,
     Accept,
@@ -306,7 +306,7 @@ async def test_a_dialer_that_gave_up_on_a_silent_connection_replaces_it_at_once(
         new = nodes[other].session(dialer)
         assert new is not None and new is not old
         assert new.origin.dialer == dialer
-        assert old.failure == "replaced by a newer connection"
+        assert old.failure == LinkEnd(EndCause.LOCAL, "replaced by a newer connection")
         assert nodes[other].daemon.model.rows[dialer].connects == connects  # the same link, moved
         await trio.sleep(3 * 2.0)  # past the patient end's timeout for the old connection
         assert nodes[other].events_of("link_down") == []
@@ -344,6 +344,7 @@ async def test_backoff_grows_caps_and_resets_after_a_link(autojump_clock):
         assert max(gaps) <= maximum + EPS
         assert all(gap >= maximum / 2 - EPS for gap in gaps[4:])
         assert node.daemon.model.rows[1].failures == len(attempts)
+        assert node.daemon.model.rows[1].last_cause is EndCause.UNREACHABLE
         assert "refused" in (node.daemon.model.rows[1].last_error or "")
 
         # A successful link resets the back-off: after the peer goes away the retries start over from `initial`.
@@ -459,7 +460,7 @@ async def test_a_new_incarnation_replaces_the_old_link_and_is_reported(autojump_
             assert session is not None and session is not before[(node.index, 2)][0]
             assert session.origin.peer_incarnation == 0x2222
             old = before[(node.index, 2)][0]
-            assert old.failure == "replaced by a newer connection"  # type: ignore[attr-defined]
+            assert old.failure == LinkEnd(EndCause.LOCAL, "replaced by a newer connection")  # type: ignore[attr-defined]
             assert node.state is MeshState.READY
         # Later, the old process's silence changes nothing: its link is gone already.
         await trio.sleep(3 * config.timeouts.heartbeat_timeout)
@@ -552,7 +553,7 @@ async def test_orderly_stop_returns_0_and_peers_see_it_leave(autojump_clock):
         await wait_until(lambda: all(node.state is MeshState.DEGRADED for node in nodes[:2]), 0.1)
         for node in nodes[:2]:
             [(down_at, event)] = node.events_of("link_down", peer=2)
-            assert "peer left" in event["reason"], event["reason"]
+            assert event["cause"] == "goodbye", event
             assert "test" in event["reason"]
             assert down_at == pytest.approx(stop_at, abs=EPS)
         # Every connection the stopped daemon held is closed.

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from attrs import frozen
 
 from meshd.core.status import (
+    EndCause,
     Fenced,
     GenerationMoved,
     LinkDown,
@@ -25,6 +26,7 @@ from meshd.core.status import (
     StateChanged,
     Status,
     epoch_from_json,
+    refused_from_json,
 )
 from meshd.core.wire import U64_MAX, Epoch
 from meshd.errors import MeshdError
@@ -177,7 +179,13 @@ def _event(data: JsonObject) -> MeshEvent:
     if name == LinkUp.name:
         return LinkUp(**common, peer=data["peer"], epoch=_epoch(data["epoch"]), direction=data["direction"])
     if name == LinkDown.name:
-        return LinkDown(**common, peer=data["peer"], reason=data["reason"])
+        return LinkDown(
+            **common,
+            peer=data["peer"],
+            reason=data["reason"],
+            cause=EndCause(data["cause"]),
+            refused=refused_from_json(data["refused"]),
+        )
     if name == PeerRestarted.name:
         return PeerRestarted(**common, peer=data["peer"], incarnation=int(data["incarnation"], 16))
     if name == GenerationMoved.name:

@@ -28,9 +28,11 @@ from meshd.core.address import Address
 from meshd.core.hello import Action, EpochMode, Identity, Judgement, Move, Outcome, Standing
 from meshd.core.slot import LinkOrigin, Slot, SlotDecision
 from meshd.core.status import (
+    EndCause,
     Fenced,
     GenerationMoved,
     LinkDown,
+    LinkEnd,
     LinkUp,
     MeshEvent,
     MeshState,
@@ -325,13 +327,13 @@ class MeshModel:
 
     # ----- links and views -----
 
-    def link_ended(self, peer: int, token: Hashable, reason: str, now: float) -> list[Effect]:
+    def link_ended(self, peer: int, token: Hashable, end: LinkEnd, now: float) -> list[Effect]:
         """The connection ``token`` to ``peer`` failed or closed; if it was the link, the link is down."""
         if not self.slots[peer].release(token):
             return []  # a lingering tie-break loser, or a link the model already took down
-        effects = self._row_down(peer, reason, now)
+        effects = self._row_down(peer, end, now)
         effects += self._announce()
-        effects += self._reevaluate(f"link {peer} down: {reason}", now)
+        effects += self._reevaluate(f"link {peer} down: {end}", now)
         return effects
 
     def view_received(self, peer: int, token: Hashable, view: View, now: float) -> list[Effect]:
@@ -340,17 +342,17 @@ class MeshModel:
         self.views[peer] = view
         return self._reevaluate(f"peer {peer} reported its view", now)
 
-    def attempt_failed(self, peer: int, reason: str) -> bool:
+    def attempt_failed(self, peer: int, end: LinkEnd) -> bool:
         """A dial or exchange toward ``peer`` made no link; only its row changes. Whether the reason is new.
 
         ``last_error`` keeps why the link went down (the more useful fact) once there has been a link.
         """
         row = self.rows[peer]
         row.failures += 1
-        changed = row.last_attempt_error != reason
-        row.last_attempt_error = reason
+        changed = row.last_attempt_error != end.detail
+        row.last_attempt_error = end.detail
         if row.connects == 0:
-            row.last_error = reason
+            row.record(end)
         return changed
 
     # ----- the controller and the process -----
@@ -409,7 +411,7 @@ class MeshModel:
             token = slot.current
             if slot.release(token):
                 tokens.append(token)
-                effects += self._row_down(peer, f"moved to generation {epoch}", now)
+                effects += self._row_down(peer, LinkEnd(EndCause.LOCAL, f"moved to generation {epoch}"), now)
         self.views = dict.fromkeys(self.rows)
         self._view_changed()
         self.sent_full = False
@@ -423,16 +425,16 @@ class MeshModel:
             raise LocalProtocolError(f"the minter returned {fresh}, not newer than {above}")
         return fresh
 
-    def _row_down(self, peer: int, reason: str, now: float) -> list[Effect]:
+    def _row_down(self, peer: int, end: LinkEnd, now: float) -> list[Effect]:
         row = self.rows[peer]
         row.state = PeerState.DOWN
         row.epoch = None
         row.since = now
         row.failures += 1
-        row.last_error = reason
+        row.record(end)
         self.views[peer] = None
         self._view_changed()
-        return [self._event(LinkDown, now, peer=peer, reason=reason)]
+        return [self._event(LinkDown, now, peer=peer, reason=end.detail, cause=end.cause, refused=end.refused)]
 
     def _announce(self) -> list[Effect]:
         """R3: our view goes to every up link when it is full (or its ready flag changed), and once more when it

@@ -13,7 +13,7 @@ import attrs
 from attrs import define, frozen
 
 from meshd.core.address import Address
-from meshd.core.wire import Epoch
+from meshd.core.wire import Epoch, RefuseReason
 
 
 class MeshState(enum.StrEnum):
@@ -47,9 +47,45 @@ def epoch_from_json(value: int | str | None) -> Epoch | None:
 def _json(value: Any) -> Any:
     if isinstance(value, Epoch):
         return value.to_json()
+    if isinstance(value, RefuseReason):
+        return refused_json(value)
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+class EndCause(enum.StrEnum):
+    """Why a link, or an attempt at one, ended: the fact behind the text of ``last_error`` and ``link_down``."""
+
+    GOODBYE = "goodbye"  # the peer stopped in order (its GOODBYE)
+    REFUSED = "refused"  # a REFUSE, either way (``refused`` names the RefuseReason)
+    SILENCE = "silence"  # no frame for heartbeat_timeout
+    CLOSED = "closed"  # the connection closed or broke
+    PROTOCOL = "protocol"  # a frame that breaks the protocol, or no hello within the handshake timeout
+    UNREACHABLE = "unreachable"  # the connect failed or timed out
+    NO_ANSWER = "no_answer"  # the peer never answered our hello
+    LOCAL = "local"  # this process ended it: a newer connection, a tie-break, a generation move
+
+
+@frozen
+class LinkEnd:
+    """How a link or an attempt ended, typed: ``detail`` is the sentence for people, the rest are the facts."""
+
+    cause: EndCause
+    detail: str
+    refused: RefuseReason | None = None
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def refused_json(reason: RefuseReason | None) -> str | None:
+    """A RefuseReason as the JSON names it (``stale_epoch``); None stays None."""
+    return None if reason is None else reason.name.lower()
+
+
+def refused_from_json(text: str | None) -> RefuseReason | None:
+    return None if text is None else RefuseReason[text.upper()]
 
 
 @define
@@ -66,6 +102,14 @@ class PeerRow:
     failures: int = 0
     last_error: str | None = None
     last_attempt_error: str | None = None
+    last_cause: EndCause | None = None  # the cause of ``last_error``
+    last_refused: RefuseReason | None = None  # and its RefuseReason, when a REFUSE ended it
+
+    def record(self, end: LinkEnd) -> None:
+        """``end`` is why the link went down: the row's ``last_error`` and its facts."""
+        self.last_error = end.detail
+        self.last_cause = end.cause
+        self.last_refused = end.refused
 
     def copy(self) -> PeerRow:
         return PeerRow(
@@ -79,6 +123,8 @@ class PeerRow:
             self.failures,
             self.last_error,
             self.last_attempt_error,
+            self.last_cause,
+            self.last_refused,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +139,8 @@ class PeerRow:
             "failures": self.failures,
             "last_error": self.last_error,
             "last_attempt_error": self.last_attempt_error,
+            "last_cause": _json(self.last_cause),
+            "last_refused": refused_json(self.last_refused),
         }
 
     @classmethod
@@ -109,6 +157,8 @@ class PeerRow:
             failures=data["failures"],
             last_error=data["last_error"],
             last_attempt_error=data["last_attempt_error"],
+            last_cause=None if data.get("last_cause") is None else EndCause(data["last_cause"]),
+            last_refused=refused_from_json(data.get("last_refused")),
         )
 
 
@@ -193,6 +243,8 @@ class LinkDown(MeshEvent):
     name: ClassVar[str] = "link_down"
     peer: int
     reason: str
+    cause: EndCause
+    refused: RefuseReason | None = None
 
 
 @frozen(kw_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from meshd.core.hello import Action, Outcome
+from meshd.core.status import EndCause, LinkEnd
 from meshd.explore.world import NOW, Conn, Message, NeedMint, World, peer_slot, token
 
 # A slot is started at most this often in one run; reaching it is reported (a restart loop would be a bug).
@@ -20,6 +21,11 @@ BIRTH_CAP = 4
 PAIR_CAP = 1
 
 Step = tuple[str, Callable[[World], None]]
+
+# How links end in the explored world, as the shell would report them.
+CLOSED = LinkEnd(EndCause.CLOSED, "peer closed the connection")
+EXPIRED = LinkEnd(EndCause.LOCAL, "tie-break loser expired")
+SILENT = LinkEnd(EndCause.SILENCE, "no heartbeat")
 
 
 def steps(world: World) -> Iterator[Step]:
@@ -173,7 +179,7 @@ def deliver(world: World, cid: int, side: int) -> None:
             world.apply(proc.pid, model.view_received(peer, token(conn, side), message.body, NOW))  # type: ignore[arg-type]
         case "eof":
             if end.phase == "link":
-                world.apply(proc.pid, model.link_ended(peer, token(conn, side), "peer closed the connection", NOW))
+                world.apply(proc.pid, model.link_ended(peer, token(conn, side), CLOSED, NOW))
             elif end.phase == "answer":  # the exchange ends without the peer's answer
                 concluded = model.conclude(end.exchange, None, token(conn, side), dialer_slot, NOW)  # type: ignore[arg-type]
                 world.apply(proc.pid, concluded.effects)
@@ -223,7 +229,7 @@ def _expire(world: World, cid: int, side: int) -> None:
     conn = world.conns[cid]
     proc = world.procs[conn.ends[side].pid]
     if proc.model is not None:
-        proc.model.link_ended(peer_slot(world, conn, side), token(conn, side), "tie-break loser expired", NOW)
+        proc.model.link_ended(peer_slot(world, conn, side), token(conn, side), EXPIRED, NOW)
     world._close(conn, side)
 
 
@@ -267,5 +273,5 @@ def _time_out(world: World, cid: int, side: int) -> None:
     conn = world.conns[cid]
     proc = world.procs[conn.ends[side].pid]
     assert proc.model is not None
-    world.apply(proc.pid, proc.model.link_ended(peer_slot(world, conn, side), token(conn, side), "no heartbeat", NOW))
+    world.apply(proc.pid, proc.model.link_ended(peer_slot(world, conn, side), token(conn, side), SILENT, NOW))
     world._close(conn, side)
