@@ -12,30 +12,36 @@ never the daemon or the admin server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from contextlib import aclosing
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd.admin import DEFAULT_TIMEOUT
 from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS
 from meshd.core.address import Address
-from meshd.core.status import MeshEvent, Status
+from meshd.core.generation import EpochMode
 from meshd.core.wire import U64_MAX
 from meshd.errors import AdminUnreachable, ConfigError, ExitCode
 
 if TYPE_CHECKING:
     from meshd.admin.messages import WatchMessage
+    from meshd.config import Config
+    from meshd.core.status import MeshEvent, Status
     from meshd.daemon import Settings
 
 DEFAULT_ADMIN = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 # What a shell reports for a process killed by SIGPIPE; the exit code itself should that signal be blocked.
 SIGPIPE_EXIT = 128 + signal.SIGPIPE
+# The signals that stop a daemon in order (exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _address(text: str) -> Address:
@@ -45,9 +51,9 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _epoch(text: str) -> int | str:
+def _epoch(text: str) -> int | EpochMode:
     if text in EPOCH_MODES:
-        return text
+        return EpochMode(text)
     if not text.isdigit() or int(text) > U64_MAX:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, 'auto' or 'await', got {text!r}")
     return int(text)
@@ -104,22 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after SECONDS (default: Ctrl-C)")
     cluster.add_argument("--seed", type=int, help="seed of the chaos victim choice")
     cluster.add_argument("--auto", action="store_true", help="run the daemons with --epoch auto (no controller epochs)")
+    cluster.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the daemons' logs into DIR, kept after the cluster ends (default: a fresh temporary directory, "
+        "also kept; its path is printed)",
+    )
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _index(args: argparse.Namespace, config: Config) -> int | None:
+    return config.index if args.index is None else args.index
+
+
+def _settings(args: argparse.Namespace, config: Config) -> Settings:
+    """The daemon's settings: the command line over the config file (configuration errors name the flag)."""
     from attrs import evolve
 
-    from meshd import config as configuration
     from meshd.core.wire import Epoch
     from meshd.daemon import Settings
 
-    config = configuration.load(args.config)
     if args.log_format:
         config.log.format = args.log_format
     if args.log_level:
         config.log.level = args.log_level
-    index = config.index if args.index is None else args.index
+    index = _index(args, config)
     epoch = config.epoch if args.epoch is None else args.epoch
     if index is None:
         raise ConfigError("--index", "required (or set `index` in the config file)")
@@ -129,28 +145,70 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ConfigError("--epoch", "required (or set `epoch` in the config file)")
     admin = args.admin or config.admin.listen
     config = evolve(config, index=index, epoch=epoch)
-    if isinstance(epoch, str):
+    if isinstance(epoch, EpochMode):
         return Settings(config, index, None, admin, mode=epoch)
     return Settings(config, index, Epoch(epoch), admin)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run a daemon. Its mesh port listens before trio and the protocol load (``meshd.listen``); from then on a
+    SIGTERM or SIGINT is noted and stops the daemon in order once it runs."""
+    from meshd import config as configuration
+    from meshd.listen import open_listening_sockets
+
+    config = configuration.load(args.config)
+    index = _index(args, config)
+    early_signals: list[int] = []
+    previous = {signum: signal.signal(signum, _noting(early_signals)) for signum in STOP_SIGNALS}
+    try:
+        listening = {}
+        if index is not None and 0 <= index < config.size:
+            mesh = config.cluster.peers[index]
+            with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
+                listening[mesh] = open_listening_sockets(mesh)
+        return _run_daemon(args, config, listening, early_signals)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _noting(signals: list[int]) -> Callable[[int, Any], None]:
+    def note(signum: int, _frame: Any) -> None:
+        signals.append(signum)
+
+    return note
+
+
+def _run_daemon(
+    args: argparse.Namespace, config: Config, listening: dict[Address, list[socket.socket]], early: list[int]
+) -> int:
     import trio
 
     from meshd.daemon import serve
     from meshd.logs import configure
+    from meshd.net import TcpNetwork
 
-    settings = _settings(args)
+    try:
+        settings = _settings(args, config)
+    except ConfigError:
+        for sockets in listening.values():
+            for sock in sockets:
+                sock.close()
+        raise
     configure(settings.config.log.level, settings.config.log.format)
-    return trio.run(serve, settings)
+    return trio.run(serve, settings, TcpNetwork(listening), early)
 
 
 def _clock(timestamp: float | None) -> str:
+    from datetime import datetime
+
     return "-" if not timestamp else datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
 
 
 def format_status(status: Status | dict[str, Any]) -> str:
     """A readable table of one daemon's status (typed, or the JSON object ``status --json`` prints)."""
+    from meshd.core.status import Status
+
     if not isinstance(status, Status):
         status = Status.from_json(status)
     head = (
@@ -181,6 +239,8 @@ def format_status(status: Status | dict[str, Any]) -> str:
 
 def format_event(event: MeshEvent) -> str:
     """One line per event: its time, its name, then its fields as ``key=value``."""
+    from datetime import datetime
+
     stamp = datetime.fromtimestamp(event.time).strftime("%H:%M:%S.%f")[:-3]
     fields = event.to_json()
     details = " ".join(f"{key}={value}" for key, value in fields.items() if key not in ("event", "time"))
@@ -237,8 +297,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     import trio
 
+    from meshd.cluster.local import ClusterSpec, run_cluster
     from meshd.logs import configure
-    from meshd.orchestrator import ClusterSpec, run_cluster
 
     configure("WARNING", "text")
     spec = ClusterSpec(
@@ -249,6 +309,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         duration=args.duration,
         seed=args.seed,
         auto=args.auto,
+        log_dir=args.log_dir,
     )
     return trio.run(run_cluster, spec)
 

@@ -20,6 +20,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn
 
 from meshd.core.address import Address
+from meshd.core.generation import EpochMode
 from meshd.core.wire import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
 from meshd.errors import ConfigError
 
@@ -65,7 +66,7 @@ class Config:
     admin: AdminConfig = field(factory=AdminConfig)
     log: LogConfig = field(factory=LogConfig)
     index: int | None = None
-    epoch: int | str | None = None  # an integer, "auto" (self-minted generations) or "await" (controller start op)
+    epoch: int | EpochMode | None = None  # an integer, "auto" (self-minted generations) or "await" (start op)
 
     @property
     def size(self) -> int:
@@ -105,14 +106,15 @@ def _only(kind: type, name: str, inner: Callable[[Any, type], T]) -> Callable[[A
     return hook
 
 
-EPOCH_MODES = ("auto", "await")
+# The epochs given by name, not by number.
+EPOCH_MODES = (EpochMode.AUTO.value, EpochMode.AWAIT.value)
 
 
-def _structure_epoch(value: Any, _: type) -> int | str:
+def _structure_epoch(value: Any, _: type) -> int | EpochMode:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if value in EPOCH_MODES:
-        return value
+        return EpochMode(value)
     raise TypeError(f'expected an integer, "auto" or "await", got {type(value).__name__} {value!r}')
 
 
@@ -130,7 +132,7 @@ def _converter() -> cattrs.Converter:
     converter.register_structure_hook(str, _strict(str, (str,)))
     converter.register_structure_hook(bool, _strict(bool, (bool,)))
     converter.register_structure_hook(Address, _structure_address)
-    converter.register_structure_hook(int | str | None, _structure_epoch)
+    converter.register_structure_hook(int | EpochMode | None, _structure_epoch)
     return converter
 
 

@@ -32,7 +32,8 @@ from meshd.config import Config
 from meshd.connection import ExchangeResult, LinkFailure, exchange_hellos
 from meshd.core import generation
 from meshd.core.address import Address
-from meshd.core.hello import EpochMode, Identity, Outcome
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Identity, Outcome
 from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
 from meshd.core.slot import LinkOrigin
 from meshd.core.status import (

@@ -1,22 +1,22 @@
-"""A small harness for tests that run real ``meshd`` processes on loopback.
+"""The test-side wrapper of ``meshd.cluster`` for tests that run real ``meshd`` processes on loopback.
 
-Every wait is bounded by a deadline; when one expires the test fails with the daemons' logs in the message.
-``Harness.close`` kills every process the harness started, whatever state the test left them in (even SIGSTOP).
+Ports, config files, the ``meshd run`` command line, starting processes (which die with the test run, even when it
+is killed) and controllers come from ``meshd.cluster``; this module adds what tests need on top: every wait bounded
+by a deadline, and a failure message that carries the logs of every process started (by the harness itself or by a
+controller it made). ``Harness.close`` kills every process the harness started, whatever state the test left them
+in (even SIGSTOP).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import queue
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -25,9 +25,13 @@ import trio
 
 from meshd.admin import client
 from meshd.admin.messages import SNAPSHOT, StatusRequest
+from meshd.cluster import spawn as cluster_spawn
+from meshd.cluster.controller import Controller, Incarnation
+from meshd.cluster.policy import EpochController
+from meshd.cluster.spawn import PortAllocator, meshd_argv, run_argv
 from meshd.core.address import Address
 
-HOST = "127.0.0.1"
+HOST = cluster_spawn.HOST
 # Upper bound of every wait: generous, because CI runs on a busy 2-core machine.
 DEADLINE = 20.0
 # Bound on one admin status request.
@@ -47,55 +51,30 @@ LOG_TAIL_CHARS = 6000
 # What a request to a daemon that is not there (or dies while answering) raises.
 ADMIN_ERRORS = client.CLIENT_ERRORS
 
-_handed_out: set[int] = set()
+# One allocator for the whole test session: no port is handed out twice.
+_PORTS = PortAllocator(HOST)
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports, never handed out before in this test session.
-
-    All sockets are held at once while the kernel picks (port 0), so the ports are distinct; they are closed
-    before returning, without ever having had a connection, so nothing lingers in TIME_WAIT.
-    """
-    ports: list[int] = []
-    held: list[socket.socket] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(sock)
-            sock.bind((HOST, 0))
-            port = sock.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
+    """``count`` distinct free loopback ports, never handed out before in this test session."""
+    return _PORTS.take(count)
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    return repr(value)
+def free_port_range(count: int) -> list[int]:
+    """``count`` consecutive free loopback ports (for ``meshd cluster --base-port``), never handed out before."""
+    return _PORTS.take_range(count)
 
 
 def write_config(
     path: Path,
     name: str,
     mesh_ports: Iterable[int],
-    timeouts: dict[str, Any] | None = None,
+    timeouts: Mapping[str, Any] | None = None,
     extra: str = "",
 ) -> Path:
-    """A TOML config for a cluster whose peers listen on ``mesh_ports``; ``extra`` is appended verbatim."""
-    peers = [f"{HOST}:{port}" for port in mesh_ports]
-    lines = ["[cluster]", f"name = {toml_value(name)}", f"peers = {toml_value(peers)}", "", "[timeouts]"]
-    lines += [f"{key} = {toml_value(value)}" for key, value in (timeouts or {}).items()]
-    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
-    return path
+    """A TOML config for a cluster whose peers listen on loopback ``mesh_ports``; ``extra`` is appended verbatim."""
+    peers = [Address(HOST, port) for port in mesh_ports]
+    return cluster_spawn.write_config(path, name, peers, timeouts, extra)
 
 
 @dataclass
@@ -174,16 +153,31 @@ def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
             lines.put(line)
 
 
+def describe_incarnation(incarnation: Incarnation) -> str:
+    """A controller's process for a failure message: what it was, how it ended, the end of its log."""
+    code = incarnation.process.poll()
+    state = "running" if code is None else f"exited {code}"
+    try:
+        log = incarnation.log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log = "(no log)"
+    head = f"----- d{incarnation.slot} {incarnation.role} (pid {incarnation.pid}, {state}, epoch {incarnation.epoch})"
+    return f"{head}: {' '.join(incarnation.process.args[3:])}\n[log {incarnation.log.name}]\n{log[-LOG_TAIL_CHARS:]}"
+
+
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
         self.procs: list[Proc] = []
+        self.controllers: list[Controller] = []
         self._serial = 0
 
     # ----- failure reporting
 
     def logs(self) -> str:
-        return "\n".join(proc.describe() for proc in self.procs) or "(no processes started)"
+        parts = [proc.describe() for proc in self.procs]
+        parts += [describe_incarnation(each) for controller in self.controllers for each in controller.processes()]
+        return "\n".join(parts) or "(no processes started)"
 
     def fail(self, message: str) -> NoReturn:
         raise AssertionError(f"{message}\n\n===== process logs =====\n{self.logs()}")
@@ -194,9 +188,12 @@ class Harness:
 
     # ----- clusters and processes
 
-    def cluster(self, size: int, name: str = "proc-test", **timeouts: float) -> Cluster:
-        mesh_ports = free_ports(size)
-        admin_ports = free_ports(size)
+    def cluster(self, size: int, name: str = "proc-test", *, consecutive: bool = False, **timeouts: float) -> Cluster:
+        """A config for ``size`` daemons on fresh ports (``consecutive``: mesh and admin ports each numbered from a
+        base, as ``meshd cluster`` numbers them) with FAST_TIMEOUTS, overridden by ``timeouts``."""
+        allocate = free_port_range if consecutive else free_ports
+        mesh_ports = allocate(size)
+        admin_ports = allocate(size)
         merged = {**FAST_TIMEOUTS, **timeouts}
         self._serial += 1
         config = write_config(self.tmp / f"cluster-{self._serial}.toml", name, mesh_ports, merged)
@@ -206,30 +203,46 @@ class Harness:
         self, name: str, args: list[str], *, pipe_stdout: bool = False, cls: type[Proc] = Proc, **extra: Any
     ) -> Any:
         """Start ``python -m meshd ARGS``; stdout and stderr go to files (stdout to a line queue with pipe_stdout)."""
+        return self.launch(name, meshd_argv(args), pipe_stdout=pipe_stdout, cls=cls, **extra)
+
+    def launch(
+        self, name: str, argv: list[str], *, pipe_stdout: bool = False, cls: type[Proc] = Proc, **extra: Any
+    ) -> Any:
+        """Start ``argv`` (``meshd.cluster.spawn.popen``: it dies with the test run) with its output in files."""
         self._serial += 1
         stem = self.tmp / f"{self._serial:02d}-{name}"
         out_path, err_path = stem.with_suffix(".out"), stem.with_suffix(".err")
-        argv = [sys.executable, "-m", "meshd", *args]
         err = err_path.open("wb")
         files: list[IO[Any]] = [err]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        lines: queue.Queue[str] | None = None
         if pipe_stdout:
-            popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, text=True, bufsize=1
-            )
+            popen = cluster_spawn.popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
             assert popen.stdout is not None
             files.append(popen.stdout)
-            lines: queue.Queue[str] | None = queue.Queue()
+            lines = queue.Queue()
             threading.Thread(target=_pump, args=(popen.stdout, lines), daemon=True).start()
         else:
             out = out_path.open("wb")
             files.append(out)
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
-            lines = None
+            popen = cluster_spawn.popen(argv, stdout=out, stderr=err)
         proc = cls(name=name, argv=argv, popen=popen, out_path=out_path, err_path=err_path, files=files, **extra)
         proc.lines = lines
         self.procs.append(proc)
         return proc
+
+    def controller(
+        self, cluster: Cluster, policy: EpochController, *, cls: type[Controller] = Controller, **options: Any
+    ) -> Any:
+        """A ``meshd.cluster`` controller of ``cluster``'s slots (run it with ``nursery.start(controller.run)``);
+        its processes' logs go into every failure message, and ``close`` kills what it left running."""
+        self._serial += 1
+        workdir = self.tmp / f"controller-{self._serial}"
+        workdir.mkdir()
+        options.setdefault("config", cluster.config)
+        admins = [cluster.admin(index) for index in range(cluster.size)]
+        controller = cls(admins=admins, policy=policy, workdir=workdir, name=cluster.name, **options)
+        self.controllers.append(controller)
+        return controller
 
     def start(
         self,
@@ -245,16 +258,9 @@ class Harness:
         """Start ``meshd run`` for slot ``index``; ``epoch`` is an integer, "auto" or "await", or None to leave
         ``--epoch`` out (the config file then names it)."""
         address = admin or cluster.admin(index)
-        args = [
-            "run",
-            "--config", str(config or cluster.config),
-            "--index", str(index),
-            *([] if epoch is None else ["--epoch", str(epoch)]),
-            "--admin", str(address),
-            *extra_args,
-        ]  # fmt: skip
+        argv = run_argv(config or cluster.config, index, epoch, address, extra_args)
         name = name or f"d{index}-e{epoch}"
-        return self.spawn(name, args, cls=Daemon, index=index, epoch=epoch, admin=address)
+        return self.launch(name, argv, cls=Daemon, index=index, epoch=epoch, admin=address)
 
     def start_all(self, cluster: Cluster, epoch: int, **kwargs: Any) -> list[Daemon]:
         return [self.start(cluster, index, epoch, **kwargs) for index in range(cluster.size)]
@@ -288,13 +294,16 @@ class Harness:
 
     def close(self) -> None:
         """Kill every process still running (SIGKILL also ends a stopped one), reap it and close its files."""
-        for proc in self.procs:
-            if proc.popen.poll() is None:
+        popens = [proc.popen for proc in self.procs]
+        popens += [each.process for controller in self.controllers for each in controller.processes()]
+        for popen in popens:
+            if popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.popen.send_signal(signal.SIGKILL)
-        for proc in self.procs:
+                    popen.send_signal(signal.SIGKILL)
+        for popen in popens:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=DEADLINE)
+                popen.wait(timeout=DEADLINE)
+        for proc in self.procs:
             for file in proc.files:
                 with contextlib.suppress(OSError):
                     file.close()
@@ -308,12 +317,13 @@ class Harness:
         except ADMIN_ERRORS:
             return None
 
-    async def statuses(self, daemons: Iterable[Daemon]) -> list[dict[str, Any] | None]:
+    async def statuses(self, daemons: Iterable[Daemon | Address]) -> list[dict[str, Any] | None]:
+        """Each daemon's status (a daemon, or its admin address), asked all at once."""
         daemons = list(daemons)
         results: list[dict[str, Any] | None] = [None] * len(daemons)
 
-        async def one(position: int, daemon: Daemon) -> None:
-            results[position] = await self.status(daemon.admin)
+        async def one(position: int, daemon: Daemon | Address) -> None:
+            results[position] = await self.status(daemon if isinstance(daemon, Address) else daemon.admin)
 
         async with trio.open_nursery() as nursery:
             for position, daemon in enumerate(daemons):
@@ -379,8 +389,9 @@ class Watch:
 
 
 @contextlib.asynccontextmanager
-async def watching(harness: Harness, daemons: Iterable[Daemon]) -> AsyncIterator[list[Watch]]:
-    """Watch every daemon's events while the block runs; each watcher is subscribed before the block starts."""
+async def watching(harness: Harness, daemons: Iterable[Daemon | Address]) -> AsyncIterator[list[Watch]]:
+    """Watch every daemon's events (a daemon, or its admin address) while the block runs; each watcher is subscribed
+    before the block starts."""
 
     async def follow(watch: Watch, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The admin client's watch: its snapshot is bounded, the stream ends when the daemon goes away.
@@ -401,7 +412,7 @@ async def watching(harness: Harness, daemons: Iterable[Daemon]) -> AsyncIterator
                 harness.fail(f"the watch at {watch.address} failed before its snapshot: {exc!r}")
         watch.ended = True
 
-    watches = [Watch(daemon.admin) for daemon in daemons]
+    watches = [Watch(daemon if isinstance(daemon, Address) else daemon.admin) for daemon in daemons]
     async with trio.open_nursery() as nursery:
         for watch in watches:
             await nursery.start(follow, watch)

@@ -1,5 +1,6 @@
-"""scripts/chaos in CI: a short, hard-bounded campaign of real processes in both epoch modes, on loopback and (as root
-with ``ip`` and ``nft``) across network namespaces, judged on its JSON; and the safety checker shown able to fail."""
+"""scripts/chaos (``tools.chaos``) in CI: a short, hard-bounded campaign of real processes in both epoch modes, on
+loopback and (as root with ``ip`` and ``nft``) across network namespaces, judged on its JSON; and the checks it runs
+(the one safety checker, ``meshd.safety``, with the runner's own on top) shown able to fail, S5 on a real Fenced."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from meshd.core.address import Address
-from meshd.core.hello import EpochMode, Identity
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Identity
 from meshd.core.mesh import MeshModel, Publish
+from meshd.core.status import Fenced, LinkUp, MeshState, PeerRow, PeerState, Status
 from meshd.core.wire import Epoch
-from scripts.chaos_faults import plan
-from scripts.chaos_netns import netns_unavailable
-from scripts.chaos_safety import SafetyChecker, fence_is_proven
+from tools.chaos.checks import TrialChecker, fence_is_proven, observation
+from tools.chaos.faults import plan
+from tools.chaos.netns import netns_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hard bound on one campaign (4 trials of a few seconds each, on a loaded 2-core machine).
@@ -41,7 +45,7 @@ NETNS_UNAVAILABLE = netns_unavailable()
 
 def run_campaign(tmp_path: Path, net: str) -> dict[str, Any]:
     out = tmp_path / f"chaos-{net}"
-    argv = [sys.executable, "-m", "scripts.chaos", "--net", net, "--seed", str(SEEDS[net])]
+    argv = [sys.executable, "-m", "tools.chaos", "--net", net, "--seed", str(SEEDS[net])]
     argv += ["--trials", str(TRIALS), "--faults", str(FAULTS), "--size", str(SIZE), "--out", str(out)]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
@@ -103,75 +107,106 @@ def test_chaos_across_network_namespaces_with_partitions(tmp_path):
     check_campaign(run_campaign(tmp_path, "netns"), "netns")
 
 
-# ----- the checker can fail
+# ----- the checks can fail
 
 
-def status(index: int, epoch: int, state: str, incarnations: dict[int, str]) -> dict[str, Any]:
-    """A status object as ``meshd status --json`` reports it, linked up to ``incarnations`` (slot -> incarnation)."""
-    peers = [
-        {"index": slot, "state": "up", "epoch": epoch, "incarnation": incarnation}
+def status(index: int, epoch: int, state: str, incarnations: dict[int, int]) -> Status:
+    """A status as ``meshd status`` reports it, linked up to ``incarnations`` (slot -> incarnation)."""
+    peers = tuple(
+        PeerRow(slot, Address("127.0.0.1", 7000 + slot), PeerState.UP, Epoch(epoch), incarnation, since=0.5)
         for slot, incarnation in incarnations.items()
         if slot != index
-    ]
-    return {"index": index, "epoch": epoch, "state": state, "incarnation": incarnations[index], "peers": peers}
+    )
+    return Status(
+        cluster="c",
+        index=index,
+        size=len(incarnations),
+        epoch=Epoch(epoch),
+        mode="fixed",
+        sealed=False,
+        generation_changes=0,
+        incarnation=incarnations[index],
+        state=MeshState(state),
+        state_since=0.5,
+        started=0.1,
+        peers=peers,
+    )
 
 
-MESH = {0: "aa", 1: "bb", 2: "cc"}
+MESH = {0: 0xAA, 1: 0xBB, 2: 0xCC}
+
+
+def observe(checker: TrialChecker, at: float, *statuses: Status) -> None:
+    checker.observe(at, [observation(one, born=0.0) for one in statuses])
 
 
 def test_checker_accepts_ready_processes_that_agree():
-    checker = SafetyChecker()
-    for index in MESH:
-        checker.observe(status(index, 5, "ready", MESH), at=1.0)
-    checker.observe(status(0, 6, "forming", {0: "dd", 1: "bb", 2: "ee"}), at=2.0)
+    checker = TrialChecker()
+    observe(checker, 1.0, *(status(index, 5, "ready", MESH) for index in MESH))
+    observe(checker, 2.0, status(0, 6, "forming", {0: 0xDD, 1: 0xBB, 2: 0xEE}))
     assert checker.violations == []
 
 
 def test_checker_flags_two_ready_processes_that_disagree_about_a_slot():
-    checker = SafetyChecker()
-    checker.observe(status(0, 5, "ready", MESH), at=1.0)
-    checker.observe(status(1, 5, "ready", {**MESH, 2: "zz"}), at=2.0)
-    assert [violation.kind for violation in checker.violations] == ["S2"]
-    assert "slot 2" in checker.violations[0].detail
+    checker = TrialChecker()
+    observe(checker, 1.0, status(0, 5, "ready", MESH), status(1, 5, "ready", {**MESH, 2: 0xFF}))
+    assert [violation.kind for violation in checker.violations] == ["D"]
+    assert "different views" in checker.violations[0].detail
 
 
 def test_checker_flags_links_across_epochs_and_a_ready_process_with_a_link_down():
-    checker = SafetyChecker()
+    checker = TrialChecker()
     mixed = status(0, 5, "forming", MESH)
-    mixed["peers"][0]["epoch"] = 4
-    checker.observe(mixed, at=1.0)
+    mixed = attrs.evolve(mixed, peers=(attrs.evolve(mixed.peers[0], epoch=Epoch(4)), mixed.peers[1]))
+    observe(checker, 1.0, mixed)
     down = status(1, 5, "ready", MESH)
-    down["peers"][1].update(state="down", epoch=None)
-    checker.observe(down, at=1.0)
+    down = attrs.evolve(down, peers=(down.peers[0], attrs.evolve(down.peers[1], state=PeerState.DOWN, epoch=None)))
+    observe(checker, 1.0, down)
     assert [violation.kind for violation in checker.violations] == ["S1", "S3"]
 
 
-def real_fence(own: int, newer: int) -> dict:
-    """The fenced event a daemon in await mode publishes when the controller starts a newer epoch (its JSON)."""
+def real_fence(own: int, newer: int) -> Fenced:
+    """The fenced event a daemon in await mode publishes when the controller starts a newer epoch."""
     model = MeshModel(
         Identity("c", 0, 2, Epoch(0), 1), [Address("127.0.0.1", 1), Address("127.0.0.1", 2)], EpochMode.AWAIT, 0.0
     )
     model.request_start(Epoch(own), 0.0)
     _, effects = model.request_start(Epoch(newer), 1.0)
     [fenced] = [effect.event for effect in effects if isinstance(effect, Publish)]
-    return fenced.to_json()
+    assert isinstance(fenced, Fenced)
+    return fenced
 
 
 def test_checker_flags_exits_the_design_forbids():
     fence = real_fence(6, 7)
     assert fence_is_proven(fence)
-    assert not fence_is_proven(fence | {"newer": 5})
-    assert fence_is_proven({"epoch": "1795600000123.1", "newer": "1795600000123.00000000000000ff"})
-    assert fence_is_proven({"epoch": 6, "newer": None, "cause": "member_replaced"})
-    checker = SafetyChecker()
-    checker.exited(0, "member", 75, caused_by_runner=False, fences=[fence], at=1.0)
-    checker.exited(1, "member", -9, caused_by_runner=True, fences=[], at=1.0)
+    assert not fence_is_proven(attrs.evolve(fence, newer=Epoch(5)))
+    assert not fence_is_proven(attrs.evolve(fence, newer=None))
+    assert fence_is_proven(attrs.evolve(fence, epoch=Epoch(1795600000123, 1), newer=Epoch(1795600000123, 0xFF)))
+    assert fence_is_proven(attrs.evolve(fence, newer=None, cause="member_replaced"))
+    checker = TrialChecker()
+    seen = status(0, 6, "ready", MESH)
+    checker.exited("slot 0", 75, False, [fence], seen, Epoch(6), at=1.0)
+    checker.exited("slot 1", -9, True, [], None, Epoch(6), at=1.0)
     assert checker.violations == []
-    checker.exited(2, "member", 75, caused_by_runner=False, fences=[], at=1.0)
-    checker.exited(3, "member", -11, caused_by_runner=False, fences=[], at=1.0)
+    # Its watch missed the event: an exit 75 with no newer epoch anywhere, and one never seen at all.
+    checker.exited("slot 2", 75, False, [], attrs.evolve(seen, index=2, incarnation=0xCC), Epoch(6), at=1.0)
+    checker.exited("slot 3", -11, False, [], None, Epoch(6), at=1.0)
+    checker.exited("slot 1", 75, False, [attrs.evolve(fence, newer=Epoch(5))], None, Epoch(6), at=1.0)
     checker.duplicate_exited(1, 0, lived=0.3, bind_timeout=2.0, at=1.0)
     checker.exit_bound({0: [75, 75], 1: [75]}, survivors=[0, 1], deaths=1, at=1.0)
-    checker.stale_behaved(3, 12, [{"event": "link_up", "peer": 1}], at=1.0)
+    checker.stale_behaved(3, 12, [LinkUp(time=1.0, index=3, peer=1, epoch=Epoch(12), direction="dialed")], at=1.0)
+    checker.fenced_by_stale([attrs.evolve(fence, newer=Epoch(12))], {Epoch(12)}, at=1.0)
     checker.exits_after_last_fault({0: 1, 1: 2}, at=1.0)
     kinds = [violation.kind for violation in checker.violations]
-    assert kinds == ["S5", "exit-code", "duplicate", "exit-bound", "stale-admitted", "exits-after-t0"]
+    assert kinds == [
+        "S5", "exit-code", "S5", "duplicate", "exit-bound", "stale-admitted", "stale-fenced", "exits-after-t0"
+    ]  # fmt: skip
+
+
+def test_an_exit_75_seen_only_through_polls_is_proven_by_a_newer_epoch_held_anywhere():
+    checker = TrialChecker()
+    observe(checker, 1.0, status(0, 7, "forming", MESH))
+    checker.exited("slot 1", 75, False, [], status(1, 6, "ready", MESH), Epoch(6), at=2.0)
+    checker.exited("slot 2", 75, False, [], None, Epoch(6), at=2.0)
+    assert checker.violations == []

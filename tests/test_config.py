@@ -13,7 +13,8 @@ import pytest
 from meshd import cli, config
 from meshd.config import Config
 from meshd.core.address import Address
-from meshd.core.hello import EpochMode, Identity
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Identity
 from meshd.core.mesh import MeshModel
 from meshd.core.status import Status
 from meshd.core.wire import Epoch

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from meshd.core.hello import EpochMode
+from meshd.core.generation import EpochMode
 from meshd.explore.search import explore
 from meshd.sim.variants import VARIANTS
 

@@ -1,10 +1,11 @@
 """Real-process tests of generations: self-minted (``--epoch auto``) and controller-started (``--epoch await``).
 
-The ``orchestrate`` fixture plays the orchestrator of an auto-mode cluster: it keeps one ``meshd run --epoch auto``
-process per slot and restarts any that exits, whatever the exit code (kill -9, or 75 because a newer generation
-exists), after RESTART_DELAY, counting every exit per slot. Nothing tells a restarted process which generation to
-join: the contract under test is that the cluster settles on one ready generation by itself, and that a process
-exits 75 at most once per fault (only a process that was ready, i.e. sealed, in a generation that is over).
+The ``orchestrate`` fixture plays the orchestrator of an auto-mode cluster with ``meshd.cluster``'s controller (the
+one ``meshd cluster`` runs): it keeps one ``meshd run --epoch auto`` process per slot and restarts any that exits
+after RESTART_DELAY (kill -9, or 75 because a newer generation exists; an exit 1 or 2 fails the test), counting
+every exit per slot. Nothing tells a restarted process which generation to join: the contract under test is that
+the cluster settles on one ready generation by itself, and that a process exits 75 at most once per fault (only a
+process that was ready, i.e. sealed, in a generation that is over).
 
 Each fault scenario measures the time from the fault to "every slot ready in one generation" (the latest
 ``state_since`` of the ready statuses, against the wall clock at the fault) and prints it; with
@@ -19,7 +20,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ from meshd import config as configuration
 from meshd.admin import client as admin
 from meshd.admin.client import connect as admin_socket
 from meshd.admin.client import request as admin_request
-from meshd.core.hello import EpochMode
+from meshd.cluster.controller import RESTART_DELAY, Controller, Incarnation
+from meshd.cluster.policy import EpochController, convergence_problems
+from meshd.core.address import Address
+from meshd.core.generation import EpochMode
+from meshd.core.status import Status
 from meshd.core.wire import Epoch
 from meshd.daemon import FENCE_LINGER, Settings
 from meshd.daemon import Daemon as InProcessDaemon
@@ -38,6 +43,7 @@ from meshd.errors import ExitCode
 from tests.proc_harness import (
     ADMIN_ERRORS,
     DEADLINE,
+    STATUS_TIMEOUT,
     Cluster,
     Daemon,
     Harness,
@@ -46,10 +52,6 @@ from tests.proc_harness import (
 )
 
 KILLED = -signal.SIGKILL
-# The orchestrator's pause before restarting an exited daemon (as meshd's own ``cluster`` command does).
-RESTART_DELAY = 0.2
-# How often the orchestrator looks for exited daemons.
-EXIT_POLL = 0.02
 # Bound on reaching one ready generation after a fault: generous, CI runs on a busy 2-core machine.
 RECOVERY = 30.0
 # How long a settled cluster must then stay as it is (same generation, same processes, no further exit).
@@ -75,19 +77,9 @@ def record_timing(scenario: str, **numbers: Any) -> None:
 # ----- the orchestrator
 
 
-@dataclass(eq=False)
-class Slot:
-    index: int
-    procs: list[Daemon] = field(default_factory=list)
-    exits: list[int] = field(default_factory=list)
-
-    @property
-    def proc(self) -> Daemon | None:
-        return self.procs[-1] if self.procs else None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+def log_text(incarnation: Incarnation) -> str:
+    """What a daemon the controller started wrote (stdout and stderr)."""
+    return incarnation.log.read_text(encoding="utf-8", errors="replace")
 
 
 @dataclass
@@ -103,91 +95,78 @@ class Generation:
         return [status["incarnation"] for status in self.statuses]
 
 
-def one_generation_problems(statuses: list[dict[str, Any] | None]) -> list[str]:
-    """Why these statuses (one per slot, by index) are not every slot ready and sealed in one generation."""
-    problems = []
-    epochs = {status["epoch"] for status in statuses if status is not None}
-    if len(epochs) != 1:
-        problems.append(f"generations {sorted(map(str, epochs))}")
-    incarnations = {status["index"]: status["incarnation"] for status in statuses if status is not None}
+def one_generation_problems(statuses: list[Status | None], incarnations: list[int | None]) -> list[str]:
+    """Why these statuses (one per slot, by index) are not every slot ready and sealed in one self-minted
+    generation, each linked to the processes that run: ``meshd.cluster``'s convergence predicate, and auto mode."""
+    problems = convergence_problems(statuses, incarnations=incarnations)
     for index, status in enumerate(statuses):
         if status is None:
-            problems.append(f"slot {index} does not answer")
             continue
-        if status["index"] != index or status["mode"] != "auto":
-            problems.append(f"slot {index} answers as index {status['index']} in mode {status['mode']}")
-        if status["state"] != "ready" or not status["sealed"]:
-            problems.append(f"slot {index} is {status['state']}, sealed={status['sealed']}")
-        if not isinstance(status["epoch"], str) or not GENERATION.fullmatch(status["epoch"]):
-            problems.append(f"slot {index} reports epoch {status['epoch']!r}, not a self-minted generation")
-        for peer in status["peers"]:
-            if peer["state"] != "up" or peer["epoch"] != status["epoch"]:
-                problems.append(f"slot {index} sees peer {peer['index']} {peer['state']} at epoch {peer['epoch']}")
-            elif peer["incarnation"] != incarnations.get(peer["index"]):
-                problems.append(
-                    f"slot {index} links to incarnation {peer['incarnation']} of slot {peer['index']}, "
-                    f"which runs {incarnations.get(peer['index'])}"
-                )
+        if status.mode != EpochMode.AUTO:
+            problems.append(f"slot {index} runs in mode {status.mode}")
+        if status.epoch is None or not GENERATION.fullmatch(str(status.epoch)):
+            problems.append(f"slot {index} reports epoch {status.epoch!r}, not a self-minted generation")
     return problems
 
 
-class Orchestrator:
-    """Keeps one auto-mode daemon per slot, restarting any that exits after RESTART_DELAY, and counts exits."""
+class TomlEpoch(Controller):
+    """Starts daemons without ``--epoch``: the config file says ``epoch = "auto"``."""
 
-    def __init__(
-        self, harness: Harness, cluster: Cluster, nursery: trio.Nursery, epoch: str | None, config: Path | None
-    ) -> None:
+    def start_epoch(self, slot: int) -> tuple[Any, str]:
+        return None, "member"
+
+
+class Orchestrator:
+    """An auto-mode cluster under ``meshd.cluster``'s controller, seen the way these tests look at it."""
+
+    def __init__(self, harness: Harness, cluster: Cluster, controller: Controller) -> None:
         self.harness = harness
         self.cluster = cluster
-        self.slots = [Slot(index) for index in range(cluster.size)]
-        self._nursery = nursery
-        self._epoch = epoch
-        self._config = config
+        self.controller = controller
 
     def launch(self, index: int) -> None:
         """Start the slot's daemon now, and keep restarting it for the rest of the test."""
-        slot = self.slots[index]
-        self._nursery.start_soon(self._keep_running, slot, self._start(slot))
+        self.controller.launch(index)
 
-    def _start(self, slot: Slot) -> Daemon:
-        name = f"d{slot.index}-auto-{len(slot.procs) + 1}"
-        proc = self.harness.start(self.cluster, slot.index, self._epoch, config=self._config, name=name)
-        slot.procs.append(proc)
-        return proc
-
-    async def _keep_running(self, slot: Slot, proc: Daemon) -> None:
-        while True:
-            while (code := proc.returncode) is None:
-                await trio.sleep(EXIT_POLL)
-            slot.exits.append(code)
-            await trio.sleep(RESTART_DELAY)
-            proc = self._start(slot)
-
-    def proc(self, index: int) -> Daemon:
-        proc = self.slots[index].proc
+    def proc(self, index: int) -> Incarnation:
+        proc = self.controller.slots[index].current
         assert proc is not None, f"slot {index} was never launched"
         return proc
+
+    def admin(self, index: int) -> Address:
+        return self.controller.slots[index].admin
+
+    def running(self, index: int) -> bool:
+        current = self.controller.slots[index].current
+        return current is not None and current.running
 
     def kill(self, *indices: int) -> float:
         """kill -9 the current daemon of each slot; returns the wall clock just before the first signal."""
         procs = [self.proc(index) for index in indices]
         for proc in procs:
-            self.harness.check(proc.returncode is None, f"{proc.name} exited {proc.returncode} before the kill")
+            self.harness.check(proc.running, f"d{proc.slot} (pid {proc.pid}) exited {proc.code} before the kill")
         fault = time.time()
         for proc in procs:
-            proc.signal(signal.SIGKILL)
+            self.controller.kill(proc)
         return fault
 
     def exits(self) -> dict[int, list[int]]:
-        return {slot.index: list(slot.exits) for slot in self.slots}
+        return self.controller.exits()
 
-    async def statuses(self) -> list[dict[str, Any] | None] | None:
+    def check_running(self) -> None:
+        """Fail at once when the controller stopped the cluster (a daemon exited 1 or 2)."""
+        failure = self.controller.failure
+        self.harness.check(failure is None, f"the controller stopped the cluster: {failure}")
+
+    async def statuses(self) -> list[Status | None] | None:
         """Every slot's status, from processes that were running before and after the query; None otherwise."""
-        procs = [slot.proc for slot in self.slots]
-        if not all(slot.running for slot in self.slots):
+        procs = [slot.current for slot in self.controller.slots]
+        if not all(self.running(index) for index in range(self.cluster.size)):
             return None
-        found = await self.harness.statuses(procs)  # type: ignore[arg-type]
-        if [slot.proc for slot in self.slots] != procs or not all(slot.running for slot in self.slots):
+        found = await self.controller.statuses(STATUS_TIMEOUT)
+        if [slot.current for slot in self.controller.slots] != procs:
+            return None
+        if not all(self.running(index) for index in range(self.cluster.size)):
             return None
         return found
 
@@ -195,11 +174,13 @@ class Orchestrator:
         """Wait until every slot is ready and sealed in one generation, each linked to the processes that run."""
 
         async def probe() -> tuple[bool, Any]:
+            self.check_running()
             found = await self.statuses()
             if found is None:
                 return False, {"exits": self.exits(), "slots": "a slot is between two processes"}
-            problems = one_generation_problems(found)
-            return not problems, {"exits": self.exits(), "problems": problems, "statuses": found}
+            problems = one_generation_problems(found, self.controller.incarnations())
+            statuses = [None if status is None else status.to_json() for status in found]
+            return not problems, {"exits": self.exits(), "problems": problems, "statuses": statuses}
 
         observed = await self.harness.eventually(probe, f"one ready generation ({what})", timeout)
         statuses = observed["statuses"]
@@ -208,14 +189,17 @@ class Orchestrator:
     async def settle(self, generation: Generation, exits: dict[int, list[int]]) -> None:
         """The cluster stays in ``generation`` with the same processes, and nobody exits, for SETTLE seconds."""
         await trio.sleep(SETTLE)
+        self.check_running()
         found = await self.statuses()
         self.harness.check(found is not None, f"a daemon exited after the cluster settled; exits {self.exits()}")
         assert found is not None
-        problems = one_generation_problems(found)
-        self.harness.check(not problems, f"the ready generation did not hold: {problems}\n{found}")
+        problems = one_generation_problems(found, self.controller.incarnations())
+        statuses = [None if status is None else status.to_json() for status in found]
+        self.harness.check(not problems, f"the ready generation did not hold: {problems}\n{statuses}")
         self.harness.check(
-            found[0]["epoch"] == generation.epoch and [s["incarnation"] for s in found] == generation.incarnations,
-            f"the cluster moved on from generation {generation.epoch} by itself: {found}",
+            statuses[0]["epoch"] == generation.epoch  # type: ignore[index]
+            and [s["incarnation"] for s in statuses] == generation.incarnations,  # type: ignore[index]
+            f"the cluster moved on from generation {generation.epoch} by itself: {statuses}",
         )
         self.harness.check(self.exits() == exits, f"exits changed after the cluster settled: {self.exits()}")
 
@@ -233,14 +217,15 @@ async def orchestrate(harness: Harness) -> AsyncIterator[Orchestrate]:
 
         async def start(size: int = 4, launch: Iterable[int] | None = None, toml: bool = False) -> Orchestrator:
             cluster = harness.cluster(size, name="generations")
-            config = None
+            options: dict[str, Any] = {}
             if toml:
                 config = harness.tmp / "auto.toml"
                 config.write_text('epoch = "auto"\n' + cluster.config.read_text(encoding="utf-8"), encoding="utf-8")
-            orchestrator = Orchestrator(harness, cluster, nursery, None if toml else "auto", config)
-            for index in range(size) if launch is None else launch:
-                orchestrator.launch(index)
-            return orchestrator
+                options = {"config": config, "cls": TomlEpoch}
+            policy = EpochController(EpochMode.AUTO)
+            controller = harness.controller(cluster, policy, restart_delay=RESTART_DELAY, **options)
+            await nursery.start(controller.run, range(size) if launch is None else list(launch))
+            return Orchestrator(harness, cluster, controller)
 
         yield start
         nursery.cancel_scope.cancel()
@@ -284,11 +269,11 @@ async def test_a_process_never_ready_moves_in_place_and_reports_generation_event
     first = cluster.proc(0)
 
     async def alone() -> tuple[bool, Any]:
-        status = await harness.status(first.admin)
+        status = await harness.status(cluster.admin(0))
         return status is not None and status["state"] == "forming", status
 
     own = (await harness.eventually(alone, "daemon 0 to run alone"))["epoch"]
-    async with watching(harness, [first]) as (watch,):
+    async with watching(harness, [cluster.admin(0)]) as (watch,):
         for index in (1, 2, 3):
             cluster.launch(index)
         generation = await cluster.wait_one_generation("after the late starters")
@@ -322,7 +307,7 @@ async def _kill_and_recover(
     cluster = await orchestrate()
     before = await cluster.wait_one_generation("cold start")
     survivors = [index for index in range(4) if index not in victims]
-    async with watching(harness, [cluster.proc(index) for index in survivors]) as watches:
+    async with watching(harness, [cluster.admin(index) for index in survivors]) as watches:
         fault = cluster.kill(*victims)
         after = await cluster.wait_one_generation(f"after kill -9 of {victims}")
     expected = {index: [KILLED] if index in victims else [ExitCode.FENCED] for index in range(4)}
@@ -338,7 +323,8 @@ async def _kill_and_recover(
         fenced = watch.of("fenced")
         harness.check(fenced, f"survivor {index} exited without a fenced event: {watch.events}")
         harness.check(not watch.of("ready", "generation"), f"survivor {index} moved or got ready: {watch.events}")
-        harness.check("fenced" in cluster.slots[index].procs[0].stderr(), f"survivor {index} did not log its fence")
+        first = cluster.controller.slots[index].history[0]
+        harness.check("fenced" in log_text(first), f"survivor {index} did not log its fence")
     return cluster, before, after
 
 
@@ -366,8 +352,8 @@ async def test_paused_process_resumed_after_the_others_moved_on_exits_75_once(
     cluster = await orchestrate()
     before = await cluster.wait_one_generation("cold start")
     paused = cluster.proc(1)
-    async with watching(harness, [paused]) as (watch,):
-        paused.signal(signal.SIGSTOP)
+    async with watching(harness, [cluster.admin(1)]) as (watch,):
+        paused.process.send_signal(signal.SIGSTOP)
         await trio.sleep(1.0)
         fault = cluster.kill(3)
 
@@ -377,20 +363,20 @@ async def test_paused_process_resumed_after_the_others_moved_on_exits_75_once(
             if exits != {0: [ExitCode.FENCED], 1: [], 2: [ExitCode.FENCED], 3: [KILLED]}:
                 return False, exits
             procs = [cluster.proc(index) for index in (0, 2, 3)]
-            found = await harness.statuses(procs)
+            found = await harness.statuses([cluster.admin(index) for index in (0, 2, 3)])
             epochs = {None if status is None else status["epoch"] for status in found}
             done = (
                 len(epochs) == 1
                 and None not in epochs
                 and generation_order(found[0]["epoch"]) > generation_order(before.epoch)  # type: ignore[index]
-                and all(proc.returncode is None for proc in procs)
+                and all(proc.running for proc in procs)
             )
             return done, (exits, found)
 
         await harness.eventually(moved_on, "0, 2 and 3 to move on without the paused 1", RECOVERY)
-        harness.check(paused.returncode is None, f"the paused daemon exited {paused.returncode}")
+        harness.check(paused.running, f"the paused daemon exited {paused.process.poll()}")
         resumed = time.time()
-        paused.signal(signal.SIGCONT)
+        paused.process.send_signal(signal.SIGCONT)
         after = await cluster.wait_one_generation("after SIGCONT")
     expected = {0: [ExitCode.FENCED], 1: [ExitCode.FENCED], 2: [ExitCode.FENCED], 3: [KILLED]}
     harness.check(cluster.exits() == expected, f"exits per slot {cluster.exits()}, expected {expected}")
@@ -403,7 +389,7 @@ async def test_paused_process_resumed_after_the_others_moved_on_exits_75_once(
     )
     # Fenced, not crashed: its own last words say so. (Its watchers may miss the "fenced" event: see
     # test_a_watcher_gets_the_fenced_event_even_when_the_fence_lands_in_a_busy_moment.)
-    harness.check("fenced" in paused.stderr(), "the resumed daemon exited 75 without logging a fence")
+    harness.check("fenced" in log_text(paused), "the resumed daemon exited 75 without logging a fence")
     # It may briefly report link_up for connections that waited in its listen backlog while it was stopped: the
     # old generation's processes dialed it before they exited, and their hellos are still in the socket buffers.
     # Such a link can never make it ready (a dead dialer sends no VIEW); what must not happen is a ready or a move.
@@ -417,23 +403,23 @@ async def test_everyone_but_the_victim_paused_then_resumed_exit_75_once_each(
     cluster = await orchestrate()
     before = await cluster.wait_one_generation("cold start")
     paused = [cluster.proc(index) for index in (0, 1, 2)]
-    async with watching(harness, paused) as watches:
+    async with watching(harness, [cluster.admin(index) for index in (0, 1, 2)]) as watches:
         for proc in paused:
-            proc.signal(signal.SIGSTOP)
+            proc.process.send_signal(signal.SIGSTOP)
         fault = cluster.kill(3)
 
         async def replacement_runs() -> tuple[bool, Any]:
-            if cluster.exits()[3] != [KILLED] or not cluster.slots[3].running:
+            if cluster.exits()[3] != [KILLED] or not cluster.running(3):
                 return False, cluster.exits()
-            status = await harness.status(cluster.proc(3).admin)
+            status = await harness.status(cluster.admin(3))
             return status is not None and generation_order(status["epoch"]) > generation_order(before.epoch), status
 
         await harness.eventually(replacement_runs, "3's replacement to run a newer generation", RECOVERY)
         await trio.sleep(1.0)  # it dials the paused processes meanwhile: those connections wait in their backlogs
-        harness.check(all(proc.returncode is None for proc in paused), f"a paused daemon exited: {cluster.exits()}")
+        harness.check(all(proc.running for proc in paused), f"a paused daemon exited: {cluster.exits()}")
         resumed = time.time()
         for proc in paused:
-            proc.signal(signal.SIGCONT)
+            proc.process.send_signal(signal.SIGCONT)
         after = await cluster.wait_one_generation("after SIGCONT of 0, 1 and 2")
     expected = {0: [ExitCode.FENCED], 1: [ExitCode.FENCED], 2: [ExitCode.FENCED], 3: [KILLED]}
     harness.check(cluster.exits() == expected, f"exits per slot {cluster.exits()}, expected {expected}")
@@ -445,7 +431,7 @@ async def test_everyone_but_the_victim_paused_then_resumed_exit_75_once_each(
         exits=cluster.exits(),
     )
     for index, (proc, watch) in enumerate(zip(paused, watches, strict=True)):
-        harness.check("fenced" in proc.stderr(), f"resumed daemon {index} exited 75 without logging a fence")
+        harness.check("fenced" in log_text(proc), f"resumed daemon {index} exited 75 without logging a fence")
         rejoined = watch.of("ready", "generation")
         harness.check(not rejoined, f"resumed stale daemon {index} got ready or moved: {rejoined}")
 

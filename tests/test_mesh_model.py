@@ -11,8 +11,8 @@ import contextlib
 import pytest
 
 from meshd.core.address import Address
-from meshd.core.generation import CLOCK_CEILING, MAJOR_CEILING, mint
-from meshd.core.hello import Action, EpochMode, Identity, Outcome
+from meshd.core.generation import CLOCK_CEILING, MAJOR_CEILING, EpochMode, mint
+from meshd.core.hello import Action, Identity, Outcome
 from meshd.core.mesh import DropLinks, Exit, MeshModel, Publish, SendView
 from meshd.core.status import EndCause, LinkEnd, MeshState, PeerState
 from meshd.core.wire import U64_MAX, Epoch, Goodbye, Refuse, RefuseReason

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
@@ -40,6 +40,8 @@ STATUS_TIMEOUT = 1.0
 STOP_TIMEOUT = 5.0
 # Exit codes a restart cannot cure: the controller stops the cluster with the daemon's own message.
 UNRECOVERABLE = (ExitCode.FAILURE, ExitCode.USAGE)
+# How much of such a daemon's log the failure quotes.
+FAILURE_LOG_LINES = 8
 
 
 @define(eq=False)
@@ -99,8 +101,10 @@ class Controller:
         restart_delay: float = RESTART_DELAY,
         extra_args: Sequence[str] = (),
         follow: bool = True,
+        name: str | None = None,
     ) -> None:
         self.config = config
+        self.name = name  # the cluster name in the config: a daemon answering under another name is not ours
         self.policy = policy
         self.workdir = workdir
         self.restart_delay = restart_delay
@@ -109,12 +113,14 @@ class Controller:
         self.slots = [SlotRecord(index, address) for index, address in enumerate(admins)]
         self.stopping = False
         self.failure: str | None = None  # why the cluster cannot run (a daemon exited 1 or 2)
+        self.failure_code: int | None = None  # that daemon's exit code
         self.failed = trio.Event()
         self._nursery: trio.Nursery | None = None
         # One long-lived thread forks every daemon: PR_SET_PDEATHSIG fires when the forking thread ends, so it must
         # live as long as the controller (trio's worker threads come and go).
         self._forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshd-cluster-spawn")
         self._serial = 0
+        self._launched: set[int] = set()
 
     @property
     def size(self) -> int:
@@ -132,7 +138,9 @@ class Controller:
         log = self.workdir / f"{self._serial:03d}-d{slot}-{role}.log"
         argv = self.command(slot, epoch, role)
         spawned = time.time()
-        process = await trio.to_thread.run_sync(lambda: self._forker.submit(start, argv, log).result())
+        # Shielded: a process started while the controller is cancelled must still be recorded (and stopped).
+        with trio.CancelScope(shield=True):
+            process = await trio.to_thread.run_sync(lambda: self._forker.submit(start, argv, log).result())
         incarnation = Incarnation(slot, epoch, process, log, spawned, role)
         self.slots[slot].history.append(incarnation)
         if self.follow_events and self._nursery is not None:
@@ -142,7 +150,8 @@ class Controller:
     async def follow(self, incarnation: Incarnation) -> None:
         """Collect the incarnation's events from its admin watch, opened as soon as it answers, until it ends.
 
-        A snapshot from an older process still answering on the slot's admin port is told apart by its start time.
+        A snapshot from an older process still answering on the slot's admin port is told apart by its start time,
+        one of another cluster by its name and index.
         """
         address = self.slots[incarnation.slot].admin
         while incarnation.running and incarnation.snapshot is None:
@@ -152,10 +161,20 @@ class Controller:
                         if not isinstance(message, Snapshot):
                             incarnation.events.append(message)
                             continue
-                        if not incarnation.running or message.status.started < incarnation.spawned:
+                        if not incarnation.running or not self.is_ours(incarnation, message.status):
                             break
                         incarnation.snapshot = message.status
             await trio.sleep(WATCH_RETRY)
+
+    def is_ours(self, incarnation: Incarnation, status: Status) -> bool:
+        """Whether ``status`` can come from ``incarnation``: the slot's index in our cluster, started after the spawn,
+        and, once its watch told which incarnation it is, that one."""
+        return (
+            status.index == incarnation.slot
+            and (self.name is None or status.cluster == self.name)
+            and status.started >= incarnation.spawned
+            and incarnation.incarnation in (None, status.incarnation)
+        )
 
     async def wait(self, incarnation: Incarnation) -> int:
         while (code := incarnation.process.poll()) is None:
@@ -173,52 +192,79 @@ class Controller:
 
     # ----- the restart loops
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run every slot's restart loop until cancelled; the daemons are stopped on the way out."""
+    async def run(
+        self, launch: Iterable[int] | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the restart loops of the ``launch`` slots (default every slot; ``launch`` starts others later) until
+        cancelled; the daemons are stopped on the way out. Started once each of those slots has its first process."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for slot in self.slots:
-                    nursery.start_soon(self.keep_running, slot.index)
+                for slot in range(self.size) if launch is None else launch:
+                    self._launched.add(slot)
+                    await nursery.start(self.keep_running, slot)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self.stop()
             self._forker.shutdown(wait=False)
 
+    def launch(self, slot: int) -> None:
+        """Start the slot's restart loop now (once per slot), in the nursery of ``run``."""
+        assert self._nursery is not None, "launch() runs inside run()"
+        if slot in self._launched:
+            raise ValueError(f"slot {slot} was launched already")
+        self._launched.add(slot)
+        self._nursery.start_soon(self.keep_running, slot)
+
     def start_epoch(self, slot: int) -> tuple[int | str, str]:
         """The epoch and role of a slot's next start (a tool may start a slot stale on purpose)."""
         return self.policy.epoch(), "member"
 
-    async def keep_running(self, slot: int) -> None:
-        """The orchestrator of one slot: start its daemon, restart it after every exit with the policy's epoch."""
+    async def keep_running(self, slot: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The orchestrator of one slot: start its daemon, restart it after every exit with the policy's epoch.
+        Started once the first process runs."""
         record = self.slots[slot]
+        started = False
         while not self.stopping:
             epoch, role = self.start_epoch(slot)
             incarnation = await self.spawn(slot, epoch, role)
+            if not started:
+                task_status.started()
+                started = True
             code = await self.wait(incarnation)
             if self.stopping:
                 return
             record.exits.append(code)
             await self.exited(incarnation, code)
             if code in UNRECOVERABLE:
-                self.fail(f"daemon {slot} exited {code}:\n{log_tail(incarnation.log, 5)}")
+                self.fail(f"daemon {slot} exited {code}:\n{log_tail(incarnation.log, FAILURE_LOG_LINES)}", code)
                 return
-            self.policy.exited(incarnation.epoch, code)
+            death = self.policy.exited(incarnation.epoch, code)
+            await self.restarting(incarnation, code, death)
             await trio.sleep(self.restart_delay)
+        if not started:  # stopped before its first start
+            task_status.started()
 
     async def exited(self, incarnation: Incarnation, code: int) -> None:
         """Hook: a slot's daemon exited (before the policy and the restart)."""
 
-    def fail(self, why: str) -> None:
+    async def restarting(self, incarnation: Incarnation, code: int, death: bool) -> None:
+        """Hook: the policy accounted for the exit (``death``: not a fence; the next epoch is the policy's), and the
+        slot restarts after ``restart_delay``. Not called for an exit that stops the cluster."""
+
+    def fail(self, why: str, code: int = ExitCode.FAILURE) -> None:
+        """Stop the cluster: record the first reason, and set ``failed``."""
         if self.failure is None:
             self.failure = why
+            self.failure_code = int(code)
             self.failed.set()
 
     # ----- observation
 
     async def status(self, slot: int, timeout: float = STATUS_TIMEOUT) -> Status | None:
-        """The slot's status, or None when nothing answers in time (or the answer is not meshd's)."""
+        """The slot's status, or None when nothing answers in time (or the answer is not meshd's). It may come from
+        a process the controller did not start there (``is_ours`` tells)."""
         with contextlib.suppress(*admin.CLIENT_ERRORS):
             return await admin.status(self.slots[slot].admin, timeout=timeout)
         return None

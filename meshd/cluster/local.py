@@ -1,17 +1,30 @@
 """``meshd cluster``: N daemons on this host under the controller's rule, with a live table and optional chaos.
 
 Fixed epochs follow R6 (``meshd.cluster.policy``); with ``--auto`` every daemon runs ``--epoch auto`` and is simply
-restarted. A daemon that exits 1 or 2 stops the cluster with its own message and the command exits 1; the daemons'
-logs stay in ``--log-dir`` (a fresh directory otherwise, printed at the start); every daemon dies with the command,
-even when it is killed with -9. A process that answers on a daemon's admin port but is not the one the command
-started (another cluster's, an old one's) is shown as foreign, never as the cluster's.
+restarted. It fails loudly, never in a restart loop:
+
+- before it starts anything, it checks that every mesh and admin port it is to use is free; a port held by another
+  process (another cluster's daemon is named) makes it refuse to start, with exit 1;
+- a daemon that exits 1 (a port stayed busy, a crash) or 2 (a usage or configuration error, such as ``--size 1`` or
+  a port over 65535) cannot be helped by a restart: the cluster stops, the daemon's own last log lines are printed
+  on stderr, and the command exits with the daemon's code (1 or 2).
+
+The daemons' logs (one file per start, ``NNN-dI-member.log``, and ``starts.jsonl``: one JSON line per start with
+its slot, pid, epoch and log) stay in ``--log-dir`` (a fresh directory otherwise), printed at the start and the end.
+Every daemon dies with the command, even when it is killed with -9 (PR_SET_PDEATHSIG). A process that answers on a
+daemon's admin port but is not the one the command started there (another cluster's, an older one) is shown as
+``foreign``, never as the cluster's.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import random
 import signal
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +33,12 @@ from typing import Any
 import trio
 from attrs import frozen
 
-from meshd.cluster.controller import UNRECOVERABLE, Controller, Incarnation
+from meshd.admin import client as admin
+from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
 from meshd.cluster.spawn import write_config
 from meshd.core.address import Address
-from meshd.core.hello import EpochMode
+from meshd.core.generation import EpochMode
 from meshd.core.status import PeerState, Status
 from meshd.errors import ExitCode
 
@@ -32,6 +46,8 @@ from meshd.errors import ExitCode
 REFRESH_INTERVAL = 0.5
 # Bound on one status query; a daemon that does not answer in time shows as "?".
 STATUS_TIMEOUT = 0.5
+# The record of every start, in the log directory.
+STARTS_FILE = "starts.jsonl"
 
 
 @frozen
@@ -50,13 +66,20 @@ class ClusterSpec:
 class LocalCluster:
     def __init__(self, spec: ClusterSpec, workdir: Path) -> None:
         self.spec = spec
+        self.workdir = workdir
         self.name = f"local-{time.strftime('%H%M%S')}-{random.randrange(16**4):04x}"  # ours alone
-        peers = [Address(spec.host, spec.base_port + index) for index in range(spec.size)]
-        self.config = write_config(workdir / "cluster.toml", self.name, peers)
+        self.peers = [Address(spec.host, spec.base_port + index) for index in range(spec.size)]
+        self.admins = [Address(spec.host, spec.admin_base_port + index) for index in range(spec.size)]
+        self.config = write_config(workdir / "cluster.toml", self.name, self.peers)
         mode = EpochMode.AUTO if spec.auto else EpochMode.FIXED
-        admins = [Address(spec.host, spec.admin_base_port + index) for index in range(spec.size)]
         self.controller = ReportingController(
-            self, config=self.config, admins=admins, policy=EpochController(mode), workdir=workdir
+            self,
+            config=self.config,
+            admins=self.admins,
+            policy=EpochController(mode),
+            workdir=workdir,
+            extra_args=("--log-format", "text"),  # logs for people (the last flag wins over the controller's)
+            name=self.name,
         )
         self.rng = random.Random(spec.seed)
         self.statuses: list[Status | None] = [None] * spec.size
@@ -67,7 +90,14 @@ class LocalCluster:
     def say(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
+    def complain(self, text: str) -> None:
+        print(f"meshd cluster: {text}", file=sys.stderr, flush=True)
+
     async def run(self) -> int:
+        taken = await self.taken_ports()
+        if taken:
+            self.complain("refusing to start: ports it needs are taken\n" + "\n".join(f"  {line}" for line in taken))
+            return int(ExitCode.FAILURE)
         with (
             trio.move_on_after(self.spec.duration or math.inf) as running,
             trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
@@ -80,10 +110,35 @@ class LocalCluster:
                 if self.spec.chaos:
                     nursery.start_soon(self.chaos, self.spec.chaos)
         if self.controller.failure is not None:
-            self.say(f"the cluster cannot run: {self.controller.failure}")
-            return int(ExitCode.FAILURE)
+            self.complain(f"the cluster cannot run: {self.controller.failure}")
+            self.complain(f"stopped; the daemons' logs are in {self.workdir}")
+            return int(ExitCode.USAGE if self.controller.failure_code == ExitCode.USAGE else ExitCode.FAILURE)
         self.say(self.summary())
+        self.say(f"the daemons' logs are in {self.workdir}")
         return int(ExitCode.OK)
+
+    async def taken_ports(self) -> list[str]:
+        """Every mesh and admin port of the cluster that another process listens on, saying who when it is a meshd.
+
+        Ports outside 0..65535 are left to the daemons, whose configuration error names them."""
+        taken = []
+        for what, addresses in (("mesh", self.peers), ("admin", self.admins)):
+            for index, address in enumerate(addresses):
+                if 0 <= address.port <= 65535 and _listened_on(address):
+                    owner = await self.describe_owner(address) if what == "admin" else "another process"
+                    taken.append(f"the {what} port {address} of daemon {index} is taken by {owner}")
+        return taken
+
+    async def describe_owner(self, address: Address) -> str:
+        try:
+            status = await admin.status(address, timeout=STATUS_TIMEOUT)
+        except admin.CLIENT_ERRORS:
+            return "another process (not a meshd that answers)"
+        started = time.strftime("%H:%M:%S", time.localtime(status.started))
+        return (
+            f"another meshd: index {status.index} of cluster {status.cluster!r}, epoch {status.epoch}, "
+            f"started {started}"
+        )
 
     async def chaos(self, period: float) -> None:
         while True:
@@ -103,7 +158,7 @@ class LocalCluster:
                 self.recoveries.append(took)
                 self.fault_at = None
                 epoch = self.statuses[0].epoch if self.statuses[0] is not None else "?"
-                self.say(f"recovered: all {self.spec.size} ready in epoch {epoch}, {took:.2f}s after the fault")
+                self.say(f"recovered: all {self.spec.size} ready at epoch {epoch}, {took:.2f}s after the fault")
             table = self.table()
             if table != last_table:
                 print(table, flush=True)
@@ -114,9 +169,9 @@ class LocalCluster:
         """The slot's status if it comes from the daemon this command started there (else None)."""
         status = self.statuses[slot]
         current = self.controller.slots[slot].current
-        if status is None or current is None or status.cluster != self.name:
+        if status is None or current is None or not self.controller.is_ours(current, status):
             return None
-        return status if current.incarnation in (None, status.incarnation) else None
+        return status
 
     def converged(self) -> bool:
         statuses = [self.ours(slot) for slot in range(self.spec.size)]
@@ -126,7 +181,7 @@ class LocalCluster:
     def table(self) -> str:
         policy = self.controller.policy
         head = "cluster minting its own generations" if self.spec.auto else f"cluster epoch {policy.current}"
-        lines = [f"{head} ({self.name})", "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
+        lines = [head, "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
         for slot in self.controller.slots:
             current = slot.current
             pid = current.pid if current is not None and current.running else "-"
@@ -149,40 +204,69 @@ class LocalCluster:
         median = ordered[len(ordered) // 2]
         return (
             f"{self.kills} chaos kills, {len(ordered)} recoveries: median {median:.2f}s, "
-            f"max {ordered[-1]:.2f}s (time from a death until every daemon reported ready in one epoch)"
+            f"max {ordered[-1]:.2f}s (time from a death until every daemon reported ready in the new epoch)"
         )
 
 
 class ReportingController(Controller):
-    """The controller of ``meshd cluster``: it says every exit, and starts timing a recovery at a death."""
+    """The controller of ``meshd cluster``: it records every start, says every exit, and starts timing a recovery
+    at a death."""
 
     def __init__(self, cluster: LocalCluster, **options: Any) -> None:
         super().__init__(**options)
         self._cluster = cluster
 
-    async def exited(self, incarnation: Incarnation, code: int) -> None:
-        say, slot = self._cluster.say, incarnation.slot
-        if code == ExitCode.FENCED:
-            say(f"daemon {slot} fenced (exit 75): restarting it with the current epoch")
-        elif code in UNRECOVERABLE:
-            say(f"daemon {slot} exited {code}: a restart cannot help")
+    async def spawn(self, slot: int, epoch: int | str, role: str = "member") -> Incarnation:
+        incarnation = await super().spawn(slot, epoch, role)
+        record = {
+            "slot": slot,
+            "pid": incarnation.pid,
+            "epoch": epoch,
+            "role": role,
+            "log": incarnation.log.name,
+            "time": incarnation.spawned,
+        }
+        with (self.workdir / STARTS_FILE).open("a", encoding="utf-8") as starts:
+            starts.write(json.dumps(record) + "\n")
+        return incarnation
+
+    async def restarting(self, incarnation: Incarnation, code: int, death: bool) -> None:
+        cluster, slot = self._cluster, incarnation.slot
+        if death:
+            cluster.fault_at = cluster.fault_at or time.monotonic()
+        if self.policy.mode is EpochMode.AUTO:
+            cluster.say(f"daemon {slot} exited with {code}: restarting it")
+        elif not death:
+            cluster.say(f"daemon {slot} fenced (exit 75): restarting at epoch {self.policy.current}")
         else:
-            self._cluster.fault_at = self._cluster.fault_at or time.monotonic()
-            new = "restarting it" if self.policy.mode is EpochMode.AUTO else "restarting it with a new epoch"
-            say(f"daemon {slot} died (exit {code}): {new}")
+            cluster.say(f"daemon {slot} died (exit {code}): new epoch {self.policy.current}, restarting it")
+
+
+def _listened_on(address: Address) -> bool:
+    """Whether a live listener holds ``address`` (binding as the daemon does, with SO_REUSEADDR, fails)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address.host, address.port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 async def run_cluster(spec: ClusterSpec) -> int:
-    """Run ``meshd cluster``; its exit code (1 when the cluster could not run)."""
+    """Run ``meshd cluster``; its exit code (0; 1 when the cluster could not run; 2 when a daemon said its
+    configuration or command line is wrong)."""
     if spec.log_dir is not None:
         spec.log_dir.mkdir(parents=True, exist_ok=True)
-        workdir = spec.log_dir
+        workdir = spec.log_dir.resolve()
     else:
         workdir = Path(tempfile.mkdtemp(prefix="meshd-cluster-"))
     cluster = LocalCluster(spec, workdir)
     cluster.say(
-        f"starting {spec.size} daemons on {spec.host}:{spec.base_port}..{spec.base_port + spec.size - 1}, "
-        f"admin ports from {spec.admin_base_port}; logs in {workdir}"
+        f"starting {spec.size} daemons of cluster {cluster.name!r} on "
+        f"{spec.host}:{spec.base_port}..{spec.base_port + spec.size - 1}, admin ports from {spec.admin_base_port}, "
+        f"logs in {workdir}"
     )
     return await cluster.run()
 

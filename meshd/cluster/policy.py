@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from attrs import define
 
-from meshd.core.hello import EpochMode
+from meshd.core.generation import EpochMode
 from meshd.core.status import MeshState, PeerState, Status
+from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
 
 
@@ -36,11 +37,17 @@ class EpochController:
 
 
 def convergence_problems(
-    statuses: Sequence[Status | None], *, incarnations: Sequence[int | None] | None = None, epoch: object = None
+    statuses: Sequence[Status | None],
+    *,
+    incarnations: Sequence[int | None] | None = None,
+    epoch: Epoch | int | None = None,
 ) -> list[str]:
     """Why these statuses (one per slot, by index) are not every slot ready in one epoch, each linked to the
     incarnation the other slots actually run; empty when they are. ``incarnations`` are the processes the
-    controller believes run (None: whatever answers); ``epoch`` the one they must be in (None: any)."""
+    controller believes run (None: whatever answers); ``epoch`` the one they must be in (None: any; an integer is
+    a controller's epoch)."""
+    if isinstance(epoch, int):
+        epoch = Epoch(epoch)
     problems = []
     answered = {status.index: status for status in statuses if status is not None}
     epochs = {status.epoch for status in answered.values()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import socket
@@ -46,6 +47,32 @@ class PortAllocator:
                 sock.close()
         return ports
 
+    def take_range(self, count: int, attempts: int = 200) -> list[int]:
+        """``count`` consecutive free ports (``meshd cluster`` numbers its ports from a base): the kernel picks the
+        first, the others are bound too while they are checked."""
+        for _ in range(attempts):
+            held: list[socket.socket] = []
+            try:
+                first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(first)
+                first.bind((self.host, 0))
+                base = first.getsockname()[1]
+                ports = list(range(base, base + count))
+                if ports[-1] > 65535 or self._handed_out.intersection(ports):
+                    continue
+                for port in ports[1:]:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    held.append(sock)
+                    sock.bind((self.host, port))
+            except OSError:
+                continue
+            finally:
+                for sock in held:
+                    sock.close()
+            self._handed_out.update(ports)
+            return ports
+        raise RuntimeError(f"no {count} consecutive free ports on {self.host} in {attempts} attempts")
+
 
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
@@ -72,41 +99,71 @@ def write_config(
     return path
 
 
+def meshd_argv(args: Iterable[str]) -> list[str]:
+    """``python -m meshd ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "meshd", *args]
+
+
 def run_argv(
     config: Path, index: int, epoch: int | str | None, admin: Address | None, extra: Iterable[str] = ()
 ) -> list[str]:
     """``python -m meshd run`` for slot ``index``; ``epoch`` an integer, "auto" or "await", or None (the config's)."""
-    return [
-        sys.executable, "-m", "meshd", "run",
+    return meshd_argv([
+        "run",
         "--config", str(config),
         "--index", str(index),
         *([] if epoch is None else ["--epoch", str(epoch)]),
         *([] if admin is None else ["--admin", str(admin)]),
         *extra,
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: be killed when the process that started us dies, however it dies."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, loaded before any fork (loading a library in a forked child of a threaded process may hang)."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """In the child, before exec: be killed when the process that started us dies, however it dies.
+
+    ``parent`` is the starter's pid, taken before the fork: should it have died before the prctl took effect, the
+    signal would never come, so the child ends itself at once."""
+    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def popen(
+    argv: Sequence[str],
+    *,
+    stdout: Any,
+    stderr: Any,
+    env: Mapping[str, str] | None = None,
+    text: bool = False,
+) -> subprocess.Popen[Any]:
+    """Start ``argv`` with no stdin, unbuffered Python output, and death with this process (``die_with_parent``).
+
+    Call it from a thread that lives as long as the caller (the main thread, or a dedicated one): PR_SET_PDEATHSIG
+    fires when the thread that forked the child exits.
+    """
+    _prctl()
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        text=text,
+        bufsize=1 if text else -1,
+        preexec_fn=functools.partial(die_with_parent, os.getpid()),
+    )
 
 
 def start(argv: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout and stderr appended to ``log``; it dies with this process.
-
-    Start it from a thread that lives as long as the caller (the main thread): PR_SET_PDEATHSIG fires when the
-    thread that forked the child exits.
-    """
+    """Start ``argv`` with stdout and stderr appended to ``log``; it dies with this process (see ``popen``)."""
     with log.open("ab") as out:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            preexec_fn=die_with_parent,
-        )
+        return popen(argv, stdout=out, stderr=out, env=env)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

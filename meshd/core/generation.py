@@ -14,7 +14,18 @@ they stay below MAJOR_CEILING for 2**62 mints: at a million mints a second, 146,
 
 from __future__ import annotations
 
+import enum
+
 from meshd.core.wire import Epoch
+
+
+class EpochMode(enum.StrEnum):
+    """Where a process's epoch comes from (``--epoch``, the config's ``epoch``, the status's ``mode``)."""
+
+    FIXED = "fixed"  # ``--epoch E``: a controller hands out epochs; a newer one fences
+    AUTO = "auto"  # ``--epoch auto``: the cluster mints its own generations
+    AWAIT = "await"  # ``--epoch await``: a fixed epoch, given later by the controller's start op
+
 
 # The largest clock reading (milliseconds) a generation is minted from: the year 146 million.
 CLOCK_CEILING = 2**62

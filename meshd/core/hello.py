@@ -52,12 +52,6 @@ from meshd.core.wire import (
 from meshd.errors import LocalProtocolError, RemoteProtocolError
 
 
-class EpochMode(enum.StrEnum):
-    FIXED = "fixed"  # ``--epoch E``: a controller hands out epochs; a newer one fences
-    AUTO = "auto"  # ``--epoch auto``: the cluster mints its own generations
-    AWAIT = "await"  # ``--epoch await``: a fixed epoch, given later by the controller's start op
-
-
 @frozen
 class Identity:
     """What this process says in its hello: who it is and which epoch it runs."""

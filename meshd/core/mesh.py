@@ -25,7 +25,8 @@ from attrs import evolve, frozen
 
 from meshd.core import hello as rules
 from meshd.core.address import Address
-from meshd.core.hello import Action, EpochMode, Identity, Judgement, Move, Outcome, Standing
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Action, Identity, Judgement, Move, Outcome, Standing
 from meshd.core.slot import LinkOrigin, Slot, SlotDecision
 from meshd.core.status import (
     EndCause,

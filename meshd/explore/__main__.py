@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshd.core.hello import EpochMode
+from meshd.core.generation import EpochMode
 from meshd.explore.search import explore
 from meshd.explore.world import FAULT_KINDS
 from meshd.sim.variants import VARIANTS

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 import attrs
 from attrs import define, field
 
-from meshd.core.hello import EpochMode
+from meshd.core.generation import EpochMode
 from meshd.core.mesh import MeshModel
 from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Epoch

@@ -16,7 +16,8 @@ import sys
 from attrs import frozen
 
 from meshd.core.address import Address
-from meshd.core.hello import Action, EpochMode, Identity, Move, Outcome, Standing, answer_name, conclude, move
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Action, Identity, Move, Outcome, Standing, answer_name, conclude, move
 from meshd.core.mesh import MeshModel
 from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Accept, Answer, Epoch, Goodbye, Refuse, RefuseReason

@@ -26,7 +26,8 @@ from typing import Any
 from attrs import define, field, frozen
 
 from meshd.core.address import Address
-from meshd.core.hello import EpochMode, Identity
+from meshd.core.generation import EpochMode
+from meshd.core.hello import Identity
 from meshd.core.mesh import DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
 from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Answer, Epoch, Hello, View

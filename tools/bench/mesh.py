@@ -1,5 +1,5 @@
 """Meshes of real daemons on loopback, for the benchmark: spawning them, watching them through the admin
-websocket, and the formation measurement (last listening -> all ready, CPU per link) with its table."""
+websocket (typed events), and the formation measurement (last listening -> all ready, CPU per link) with its table."""
 
 from __future__ import annotations
 
@@ -8,34 +8,32 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import bench_gloo
 import trio
-from benchlib import (
+
+from meshd.admin import client as admin
+from meshd.admin.messages import Snapshot, WatchMessage
+from meshd.cluster.spawn import log_tail, run_argv, write_config
+from meshd.core.address import Address
+from meshd.core.status import Fenced, MeshState, StateChanged
+from tools.bench import gloo
+from tools.bench.common import (
     CLOCK_TICKS,
     HOST,
     LOG_TAIL,
     POLL_INTERVAL,
     BenchError,
-    PortAllocator,
+    Fleet,
+    Lab,
     accepts,
     cpu_ticks,
-    kill,
     load,
-    meshd_command,
     ms,
     progress,
-    spawn,
     table,
     verdict,
-    write_config,
 )
-
-from meshd.admin import client as admin
-from meshd.core.address import Address
 
 # Bound on every wait of a mesh: spawn -> every daemon ready.
 READY_TIMEOUT = 60.0  # a mesh: spawn -> every daemon ready
@@ -61,28 +59,15 @@ class Daemon:
     flaps: int = 0  # ready -> degraded transitions seen
     ever_ready: bool = False
     listening_seen: trio.Event = field(default_factory=trio.Event)
+    started: float | None = None  # the daemon's own start stamp (its status's ``started``, daemon wall clock)
 
     cpu_listening: int = 0  # CPU ticks used when the mesh port first accepted
 
-    def spawn(self, config: Path) -> None:
-        self.process = spawn(meshd_command(config, self.index, 1, self.admin), self.log)
+    def spawn(self, fleet: Fleet, config: Path) -> None:
+        self.process = fleet.start(run_argv(config, self.index, 1, self.admin), self.log)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
-
-    def log_lines(self) -> list[str]:
-        try:
-            return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return []
-
-    def logged_listening(self) -> float | None:
-        """The timestamp (ms resolution, daemon wall clock) of the daemon's "listening on" log line."""
-        for line in self.log_lines():
-            if " listening on " in line:
-                with contextlib.suppress(ValueError):
-                    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        return None
 
     def describe(self) -> str:
         code = self.exited()
@@ -90,7 +75,7 @@ class Daemon:
         listening = "never seen listening" if self.listening is None else "listening"
         flaps = f", {self.flaps} ready -> degraded flaps" if self.flaps else ""
         ready = "ready" if self.ready is not None else "degraded" if self.ever_ready else "never ready"
-        tail = "\n".join(f"    {line}" for line in self.log_lines()[-LOG_TAIL:]) or "    (empty log)"
+        tail = log_tail(self.log, LOG_TAIL)
         head = f"--- daemon {self.index} (mesh {self.mesh}, admin {self.admin}): {state}, {listening}, {ready}{flaps}"
         return f"{head}\n{tail}"
 
@@ -104,7 +89,7 @@ class Formation:
     size: int
     last_listening: float  # spawn of the first daemon -> last mesh port accepting (poll)
     formation: float  # last mesh port accepting (poll) -> every daemon ready
-    formation_logged: float | None  # last "listening on" log line -> every daemon ready (ms resolution)
+    formation_own: float | None  # the last daemon's own start stamp (its status's ``started``) -> every daemon ready
     all_ready: float  # spawn of the first daemon -> every daemon ready
     flaps: int  # ready -> degraded transitions seen, all daemons together
     cpu: float  # seconds of CPU (utime+stime) of all daemons from each one's listening until all were ready
@@ -118,12 +103,13 @@ class Formation:
 class Mesh:
     """N daemons on fresh loopback ports, sharing one config file."""
 
-    def __init__(
-        self, size: int, workdir: Path, ports: PortAllocator, tag: str, timeouts: dict[str, float] | None = None
-    ) -> None:
-        mesh_ports = ports.take(size)
-        admin_ports = ports.take(size)
-        self.config = write_config(workdir / f"{tag}.toml", mesh_ports, timeouts)
+    def __init__(self, size: int, lab: Lab, tag: str, timeouts: dict[str, float] | None = None) -> None:
+        mesh_ports = lab.ports.take(size)
+        admin_ports = lab.ports.take(size)
+        workdir = lab.workdir
+        peers = [Address(HOST, port) for port in mesh_ports]
+        self.config = write_config(workdir / f"{tag}.toml", "bench", peers, timeouts)
+        self.fleet = lab.fleet
         self.daemons = [
             Daemon(
                 index,
@@ -142,10 +128,10 @@ class Mesh:
     def spawn(self) -> None:
         self.spawned = time.time()
         for daemon in self.daemons:
-            daemon.spawn(self.config)
+            daemon.spawn(self.fleet, self.config)
 
     def kill(self) -> None:
-        kill(daemon.process for daemon in self.daemons if daemon.process)
+        self.fleet.kill(daemon.process for daemon in self.daemons if daemon.process)
 
     def logs(self) -> str:
         """The log tails of the daemons that are not ready (or of all, when every one is), at most LOG_DAEMONS."""
@@ -166,7 +152,7 @@ class Mesh:
         while pending:
             waiting = []
             for daemon in pending:
-                if accepts(daemon.mesh):
+                if await accepts(daemon.mesh):
                     daemon.listening = time.time()
                     daemon.cpu_listening = cpu_ticks(daemon.process.pid) if daemon.process else 0
                     daemon.listening_seen.set()
@@ -176,18 +162,26 @@ class Mesh:
             if pending:
                 await trio.sleep(POLL_INTERVAL)
 
-    def _update(self, daemon: Daemon, event: dict[str, Any], nursery: trio.Nursery) -> None:
+    def _update(self, daemon: Daemon, message: WatchMessage, nursery: trio.Nursery) -> None:
         """Follow one daemon's mesh state; "all ready" is the first moment every daemon is ready at once."""
-        kind = event["event"]
-        state = event["status"]["state"] if kind == "snapshot" else kind
-        if state == "ready":
-            daemon.ready = event["status"]["state_since"] if kind == "snapshot" else event["time"]
+        match message:
+            case Snapshot(status=status):
+                state, since = status.state, status.state_since
+                daemon.started = status.started
+            case StateChanged(state=state, time=since):
+                pass
+            case Fenced(time=since):
+                state = MeshState.FENCED
+            case _:
+                return  # links come and go: only the mesh state counts
+        if state is MeshState.READY:
+            daemon.ready = since
             daemon.ever_ready = True
-        elif state in ("forming", "degraded"):
+        elif state in (MeshState.FORMING, MeshState.DEGRADED):
             daemon.ready = None
-            daemon.flaps += state == "degraded"  # for a snapshot: it was ready before the watch was open
-            daemon.ever_ready |= state == "degraded"
-        elif state in ("fenced", "stopping"):
+            daemon.flaps += state is MeshState.DEGRADED  # for a snapshot: it was ready before the watch was open
+            daemon.ever_ready |= state is MeshState.DEGRADED
+        elif state in (MeshState.FENCED, MeshState.STOPPING):
             self.fail(f"daemon {daemon.index} is {state} during formation", nursery)
         if all(other.ready is not None for other in self.daemons):
             self.all_ready.set()
@@ -198,11 +192,11 @@ class Mesh:
         last_error: BaseException | None = None
         while True:
             try:
-                async with contextlib.aclosing(admin.watch(daemon.admin)) as events:
-                    async for event in events:
-                        self._update(daemon, event, nursery)
+                async with contextlib.aclosing(admin.events(daemon.admin)) as messages:
+                    async for message in messages:
+                        self._update(daemon, message, nursery)
                 last_error = RuntimeError("the watch ended (daemon gone?)")
-            except Exception as exc:  # refused while the admin port is not bound yet, or the daemon died
+            except admin.CLIENT_ERRORS as exc:  # refused while the admin port is not bound yet, or the daemon died
                 last_error = exc
             daemon.ready = None
             if daemon.exited() is not None:
@@ -222,7 +216,7 @@ class Mesh:
         """Spawn the daemons and wait until every one is ready; BenchError when they are not within the bound."""
         with trio.move_on_after(READY_TIMEOUT) as bound:
             async with trio.open_nursery() as nursery:
-                self.spawn()
+                await trio.to_thread.run_sync(self.spawn)
                 nursery.start_soon(self._watch_processes, nursery)
                 nursery.start_soon(self._sweep)
                 for daemon in self.daemons:
@@ -246,13 +240,13 @@ class Mesh:
     def result(self) -> Formation:
         last_listening = max(daemon.listening for daemon in self.daemons if daemon.listening is not None)
         all_ready = max(daemon.ready for daemon in self.daemons if daemon.ready is not None)
-        logged = [daemon.logged_listening() for daemon in self.daemons]
-        formation_logged = None if None in logged else all_ready - max(t for t in logged if t is not None)
+        own = [daemon.started for daemon in self.daemons]
+        formation_own = None if None in own else all_ready - max(t for t in own if t is not None)
         return Formation(
             size=len(self.daemons),
             last_listening=last_listening - self.spawned,
             formation=all_ready - last_listening,
-            formation_logged=formation_logged,
+            formation_own=formation_own,
             all_ready=all_ready - self.spawned,
             flaps=sum(daemon.flaps for daemon in self.daemons),
             cpu=(self.cpu_ready - sum(daemon.cpu_listening for daemon in self.daemons)) / CLOCK_TICKS,
@@ -260,19 +254,20 @@ class Mesh:
         )
 
 
-def bench_formation(workdir: Path, ports: PortAllocator, size: int, repeats: int) -> list[Formation]:
+def bench_formation(lab: Lab, size: int, repeats: int) -> list[Formation]:
     results = []
     for repeat in range(repeats):
-        mesh = Mesh(size, workdir, ports, f"form-{size}-{repeat}", FORMATION_TIMEOUTS)
+        mesh = Mesh(size, lab, f"form-{size}-{repeat}", FORMATION_TIMEOUTS)
         try:
             trio.run(mesh.form)
             result = mesh.result()
         finally:
             mesh.kill()
-        logged = "-" if result.formation_logged is None else ms(result.formation_logged)
+        own = "-" if result.formation_own is None else ms(result.formation_own)
         progress(
             f"formation N={size} {repeat + 1}/{repeats}: last listening {ms(result.last_listening)} after spawn, "
-            f"all ready {ms(result.formation)} later (log-based {logged}), {result.flaps} ready->degraded flaps, "
+            f"all ready {ms(result.formation)} later ({own} from the last daemon's own start), "
+            f"{result.flaps} ready->degraded flaps, "
             f"CPU {result.cpu:.2f} s ({ms(result.cpu_per_link)} per link), load {result.load}"
         )
         results.append(result)
@@ -280,22 +275,22 @@ def bench_formation(workdir: Path, ports: PortAllocator, size: int, repeats: int
 
 
 def report_formation(
-    results: dict[int, list[Formation]], gloo: dict[int, list[bench_gloo.GlooFormation]], start: float | None
+    results: dict[int, list[Formation]], gloo_runs: dict[int, list[gloo.GlooFormation]], start: float | None
 ) -> str:
     """meshd's formation and gloo's side by side, one row per N (medians)."""
     rows = []
-    for size in sorted(set(results) | set(gloo)):
+    for size in sorted(set(results) | set(gloo_runs)):
         runs = results.get(size, [])
         if runs:
             formation = statistics.median(run.formation for run in runs)
-            logged_values = [run.formation_logged for run in runs if run.formation_logged is not None]
+            own_values = [run.formation_own for run in runs if run.formation_own is not None]
             targeted = size == TARGET_FORMATION_SIZE
             meshd = [
                 str(len(runs)),
                 ms(statistics.median(run.last_listening for run in runs)),
                 ms(formation),
                 ms(max(run.formation for run in runs)),
-                ms(statistics.median(logged_values)) if logged_values else "-",
+                ms(statistics.median(own_values)) if own_values else "-",
                 f"{statistics.median(run.cpu for run in runs):.2f} s",
                 ms(statistics.median(run.cpu_per_link for run in runs)),
                 f"{statistics.median(run.flaps for run in runs):g} ({max(run.flaps for run in runs)})",
@@ -304,7 +299,7 @@ def report_formation(
             ]
         else:
             meshd = ["-"] * 10
-        peer = {row[0]: row for row in bench_gloo.report_formation(gloo)}.get(str(size))
+        peer = {row[0]: row for row in gloo.report_formation(gloo_runs)}.get(str(size))
         gloo_cells = ["-"] * 4 if peer is None else [peer[1], peer[2], peer[4], peer[5]]
         loads = [runs[-1].load] if runs else []
         loads += [] if peer is None else [f"gloo {peer[6]}"]
@@ -315,7 +310,7 @@ def report_formation(
         "spawn -> last listening",
         "last listening -> all ready",
         "max",
-        "same, from log line",
+        "same, from daemon start",
         "CPU, all daemons",
         "CPU per link",
         "flaps (max)",
@@ -333,8 +328,9 @@ def report_formation(
     note = (
         f"meshd: 'last listening' is the last mesh port to accept a polled connect; a daemon's own start (spawn -> "
         f"listening, part 1) is {start_text}. 'all ready' is the first moment every daemon is ready at once (the "
-        "`time` of each one's ready event); 'same, from log line' measures from the last daemon's own \"listening "
-        "on\" log timestamp. CPU: utime+stime of all daemons from each one's listening until all were ready (the "
+        "`time` of each one's ready event); 'same, from daemon start' measures from the last daemon's own start "
+        "stamp (its status's `started`, on its own clock: when its daemon began to run). CPU: utime+stime of all "
+        "daemons from each one's listening until all were ready (the "
         "bench's watches included), per link = / (N(N-1)/2): it grows with N where the work per link does. "
         f"Timeouts of these meshes: {timeouts} (see FORMATION_TIMEOUTS). 'flaps': ready -> degraded during "
         "formation. gloo: 'start per rank' is spawn -> torch imported (median over ranks); formation is from the "

@@ -1,7 +1,7 @@
 """The peer users would otherwise pick: PyTorch's gloo process group (CPU), measured like meshd.
 
-Each rank is a separate process running ``scripts/gloo_rank.py``, which reports every step as a JSON line with
-its wall-clock ``time``, so the driver measures from the ranks' own timestamps.
+Each rank is a separate process running ``tools/bench/gloo_rank.py`` (by path: it imports nothing of meshd), which
+reports every step as a JSON line with its wall-clock ``time``, so the driver measures from the ranks' own timestamps.
 
 The driver (``bench_formation``, ``bench_kill_one``, ``bench_detection``) bounds every wait and kills every rank
 it started; a rank that neither succeeds nor fails within the bound counts as hung.
@@ -26,7 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from benchlib import HOST, LIVE, BenchError, PortAllocator, kill, load, log_tail, median, ms, progress, spawn, table
+from meshd.cluster.spawn import log_tail
+from tools.bench.common import HOST, BenchError, Lab, load, median, ms, progress, table
 
 # The torch release measured (a CPU wheel); the bench installs it when it is missing (extra "gloo").
 TORCH_REQUIREMENT = "torch==2.13.0"
@@ -72,10 +73,11 @@ class Rank:
 class Group:
     """N gloo ranks, their JSON lines gathered by one reader thread per rank into one queue."""
 
-    def __init__(self, size: int, workdir: Path, ports: PortAllocator, tag: str, timeout: float | None) -> None:
+    def __init__(self, size: int, lab: Lab, tag: str, timeout: float | None) -> None:
         self.size = size
-        self.store = f"{HOST}:{ports.take(1)[0]}"
-        self.workdir = workdir
+        self.store = f"{HOST}:{lab.ports.take(1)[0]}"
+        self.workdir = lab.workdir
+        self.fleet = lab.fleet
         self.tag = tag
         self.timeout = timeout
         self.lines: queue.Queue[tuple[Rank, str]] = queue.Queue()
@@ -86,7 +88,7 @@ class Group:
         command += ["--store", self.store] + ([] if self.timeout is None else ["--timeout", str(self.timeout)])
         log = self.workdir / f"{self.tag}-{rank}.log"
         spawned = time.time()
-        process = spawn(command, log, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        process = self.fleet.start(command, log, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         started = Rank(rank, process, spawned, log)
         if rank < len(self.ranks):
             self.ranks[rank] = started
@@ -143,7 +145,7 @@ class Group:
         return "\n".join(f"--- gloo rank {r.rank} (pid {r.process.pid}):\n{log_tail(r.log, 8)}" for r in self.ranks[:4])
 
     def close(self) -> None:
-        kill(rank.process for rank in self.ranks)
+        self.fleet.kill(rank.process for rank in self.ranks)
         for rank in self.ranks:
             for stream in (rank.process.stdin, rank.process.stdout):
                 if stream is not None:
@@ -151,7 +153,6 @@ class Group:
                         stream.close()
                     except (OSError, ValueError):
                         continue
-            LIVE.discard(rank.process)
 
 
 # ----- formation
@@ -166,10 +167,10 @@ class GlooFormation:
     load: str
 
 
-def bench_formation(workdir: Path, ports: PortAllocator, size: int, repeats: int) -> list[GlooFormation]:
+def bench_formation(lab: Lab, size: int, repeats: int) -> list[GlooFormation]:
     results = []
     for repeat in range(repeats):
-        group = Group(size, workdir, ports, f"gloo-form-{size}-{repeat}", None)
+        group = Group(size, lab, f"gloo-form-{size}-{repeat}", None)
         before = load()
         try:
             group.form()
@@ -262,11 +263,11 @@ def _kill_one(group: Group, rng: random.Random) -> GlooKill:
     )
 
 
-def bench_kill_one(workdir: Path, ports: PortAllocator, size: int, trials: int, seed: int | None) -> list[GlooKill]:
+def bench_kill_one(lab: Lab, size: int, trials: int, seed: int | None) -> list[GlooKill]:
     rng = random.Random(seed)
     results = []
     for trial in range(trials):
-        group = Group(size, workdir, ports, f"gloo-kill-{trial}", None)
+        group = Group(size, lab, f"gloo-kill-{trial}", None)
         try:
             group.form()
             result = _kill_one(group, rng)
@@ -295,9 +296,9 @@ class GlooDetection:
     errors: set[str]
 
 
-def bench_detection(workdir: Path, ports: PortAllocator, size: int, seed: int | None) -> GlooDetection:
+def bench_detection(lab: Lab, size: int, seed: int | None) -> GlooDetection:
     rng = random.Random(seed)
-    group = Group(size, workdir, ports, "gloo-detect", DETECTION_TIMEOUT)
+    group = Group(size, lab, "gloo-detect", DETECTION_TIMEOUT)
     try:
         group.form()
         victim = group.ranks[rng.randrange(1, size)]

@@ -1,20 +1,21 @@
 """Benchmark meshd as real processes on loopback, beside PyTorch's gloo: start-up, formation vs N, idle cost,
 recovery after kill -9, detection of a silent peer.
 
-Run through ``scripts/bench`` (it sets up the venv; ``--only`` picks parts). Every figure is printed as a
-markdown-style table with its target and the load average beside it:
+Run through ``scripts/bench`` (it sets up the venv and runs ``python -m tools.bench``; ``--only`` picks parts).
+Every figure is printed as a markdown-style table with its target and the load average beside it:
 
 1. start: from spawning ``python -m meshd run ...`` (interpreter and imports included) until the mesh port accepts
    a TCP connection, polled tightly on loopback; also until the admin port accepts and answers ``status``;
 2. formation: N daemons on fresh loopback ports, time from the moment the last mesh port accepts until every daemon
    is ``ready`` (the wall-clock "time" of each daemon's ``ready`` event, read through an admin watch opened as soon
    as that daemon's admin port answers), and the daemons' CPU time per link meanwhile; beside it gloo's formation
-   (bench_gloo.py); meshes and the formation measurement live in bench_mesh.py;
+   (``tools.bench.gloo``); meshes and the formation measurement live in ``tools.bench.mesh``;
 3. idle: CPU time (``/proc/PID/stat``) and RSS of the daemons of a ready mesh over a quiet period;
-4. recovery after kill -9 of one or all daemons with an immediate restart, both epoch modes (bench_faults.py);
-5. detection of a SIGSTOPped daemon against the heartbeat timeout (bench_faults.py);
-6. gloo under the same faults (bench_gloo.py);
-7. the deterministic simulation: many seeds per cluster size, virtual time to converge (bench_sim.py).
+4. recovery after kill -9 of one or all daemons with an immediate restart, both epoch modes (``tools.bench.faults``,
+   on ``meshd.cluster``'s controller);
+5. detection of a SIGSTOPped daemon against the heartbeat timeout (``tools.bench.faults``);
+6. gloo under the same faults (``tools.bench.gloo``);
+7. the deterministic simulation: many seeds per cluster size, virtual time to converge (``tools.bench.sim``).
 
 Every wait is bounded; a failed run prints the daemons' logs. Every process is killed between runs and on exit.
 """
@@ -31,41 +32,40 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import bench_faults
-import bench_gloo
-import bench_sim
 import trio
-from bench_mesh import Daemon, Formation, Mesh, bench_formation, report_formation
-from benchlib import (
+
+from meshd.admin import client as admin
+from meshd.cluster.spawn import write_config
+from meshd.core.address import Address
+from meshd.core.status import MeshState, Status
+from meshd.sim.campaign import Summary
+from tools.bench import faults, gloo, sim
+from tools.bench.common import (
     CLOCK_TICKS,
     HOST,
     POLL_INTERVAL,
     STATUS_TIMEOUT,
     BenchError,
-    PortAllocator,
+    Fleet,
+    Lab,
     accepts,
     cleanup,
     cpu_ticks,
-    kill,
-    kill_all,
     load,
     ms,
     progress,
     rss_mib,
     table,
     verdict,
-    write_config,
 )
-
-from meshd.admin import client as admin
-from meshd.core.address import Address
-from meshd.sim.campaign import Summary
+from tools.bench.mesh import Daemon, Formation, Mesh, bench_formation, report_formation
+from tools.ports import LowPorts
 
 # Bounds on every wait.
 START_TIMEOUT = 30.0  # one daemon: spawn -> admin status answered
@@ -91,50 +91,49 @@ class StartRun:
     admin_answered: float
 
 
-def wait_until(condition: Callable[[], bool], daemon: Daemon, deadline: float, what: str) -> float:
+async def wait_until(condition: Callable[[], Awaitable[bool]], daemon: Daemon, deadline: float, what: str) -> float:
     """Poll ``condition`` tightly; the perf_counter time it first held."""
     while True:
-        if condition():
+        if await condition():
             return time.perf_counter()
         if daemon.exited() is not None:
             raise BenchError(f"daemon exited with {daemon.exited()} before {what}", daemon.describe())
         if time.perf_counter() > deadline:
             raise BenchError(f"no {what} within {START_TIMEOUT:.0f} s", daemon.describe())
-        time.sleep(POLL_INTERVAL)
+        await trio.sleep(POLL_INTERVAL)
 
 
-async def _status(address: Address) -> dict[str, Any]:
-    with trio.fail_after(STATUS_TIMEOUT):
-        return await admin.request(address, {"op": "status"})
+async def _status(address: Address) -> Status:
+    return await admin.status(address, timeout=STATUS_TIMEOUT)
 
 
-def start_once(workdir: Path, ports: PortAllocator, run: int) -> StartRun:
-    mesh, other, admin_port = ports.take(3)
-    config = write_config(workdir / f"start-{run}.toml", [mesh, other])
-    daemon = Daemon(0, Address(HOST, mesh), Address(HOST, admin_port), workdir / f"start-{run}.log")
+async def start_once(lab: Lab, run: int) -> StartRun:
+    mesh, other, admin_port = lab.ports.take(3)
+    peers = [Address(HOST, mesh), Address(HOST, other)]
+    config = await trio.to_thread.run_sync(write_config, lab.workdir / f"start-{run}.toml", "bench", peers)
+    daemon = Daemon(0, Address(HOST, mesh), Address(HOST, admin_port), lab.workdir / f"start-{run}.log")
     try:
         spawned = time.perf_counter()
-        daemon.spawn(config)
+        await trio.to_thread.run_sync(daemon.spawn, lab.fleet, config)
         deadline = spawned + START_TIMEOUT
-        listening = wait_until(lambda: accepts(daemon.mesh), daemon, deadline, "mesh port accepting")
-        admin_accepting = wait_until(lambda: accepts(daemon.admin), daemon, deadline, "admin port accepting")
+        listening = await wait_until(lambda: accepts(daemon.mesh), daemon, deadline, "mesh port accepting")
+        admin_accepting = await wait_until(lambda: accepts(daemon.admin), daemon, deadline, "admin port accepting")
         try:
-            status = trio.run(_status, daemon.admin)
-        except Exception as exc:
+            await _status(daemon.admin)
+        except admin.CLIENT_ERRORS as exc:
             raise BenchError(f"admin status request failed: {exc!r}", daemon.describe()) from exc
         admin_answered = time.perf_counter()
-        if "state" not in status:
-            raise BenchError(f"unexpected admin status answer {status!r}", daemon.describe())
         return StartRun(listening - spawned, admin_accepting - spawned, admin_answered - spawned)
     finally:
-        kill([daemon.process] if daemon.process else [])
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lab.fleet.kill, [daemon.process] if daemon.process else [])
 
 
-def bench_start(workdir: Path, ports: PortAllocator, runs: int) -> list[StartRun]:
-    start_once(workdir, ports, -1)  # warm-up, not counted: byte-code caches and page cache
+def bench_start(lab: Lab, runs: int) -> list[StartRun]:
+    trio.run(start_once, lab, -1)  # warm-up, not counted: byte-code caches and page cache
     results = []
     for run in range(runs):
-        result = start_once(workdir, ports, run)
+        result = trio.run(start_once, lab, run)
         progress(
             f"start {run + 1}/{runs}: listening {ms(result.listening)}, admin accepting {ms(result.admin_accepting)}, "
             f"admin answered {ms(result.admin_answered)}"
@@ -156,8 +155,8 @@ class Idle:
     ready_after: int  # daemons still ready at the end
 
 
-def bench_idle(workdir: Path, ports: PortAllocator, size: int, seconds: float) -> Idle:
-    mesh = Mesh(size, workdir, ports, f"idle-{size}")
+def bench_idle(lab: Lab, size: int, seconds: float) -> Idle:
+    mesh = Mesh(size, lab, f"idle-{size}")
     try:
         trio.run(mesh.form)
         progress(f"idle: {size} daemons ready; settling {IDLE_SETTLE:.0f} s, then measuring {seconds:g} s")
@@ -171,10 +170,10 @@ def bench_idle(workdir: Path, ports: PortAllocator, size: int, seconds: float) -
         rss = [rss_mib(pid) for pid in pids]
         cpu = [100.0 * (end - begin) / CLOCK_TICKS / elapsed for begin, end in zip(before, after, strict=True)]
 
-        async def states() -> list[str]:
-            return [(await _status(daemon.admin))["state"] for daemon in mesh.daemons]
+        async def states() -> list[MeshState]:
+            return [(await _status(daemon.admin)).state for daemon in mesh.daemons]
 
-        ready_after = trio.run(states).count("ready")
+        ready_after = trio.run(states).count(MeshState.READY)
         if any(daemon.exited() is not None for daemon in mesh.daemons):
             raise BenchError("a daemon exited during the idle measurement", mesh.logs())
         return Idle(size, elapsed, cpu, rss, ready_after)
@@ -229,7 +228,7 @@ def report_idle(idle: Idle) -> str:
 
 def revision() -> str:
     """The commit measured, and whether meshd/ had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
@@ -301,8 +300,8 @@ FULL: dict[str, Any] = {
     "gloo_sizes": [2, 4, 8, 16, 32],
     "gloo_repeats": 1,
     "gloo_kills": 3,
-    "sim_sizes": list(bench_sim.SIZES),
-    "sim_seeds": bench_sim.SEEDS,
+    "sim_sizes": list(sim.SIZES),
+    "sim_seeds": sim.SEEDS,
 }
 QUICK: dict[str, Any] = {
     "sizes": [2, 4, 8],
@@ -362,12 +361,12 @@ class Results:
 
     start: list[StartRun] = field(default_factory=list)
     formation: dict[int, list[Formation]] = field(default_factory=dict)
-    gloo_formation: dict[int, list[bench_gloo.GlooFormation]] = field(default_factory=dict)
+    gloo_formation: dict[int, list[gloo.GlooFormation]] = field(default_factory=dict)
     idle: Idle | None = None
-    recovery: list[bench_faults.RecoveryRuns] = field(default_factory=list)
-    detection: bench_faults.Detection | None = None
-    gloo_kills: list[bench_gloo.GlooKill] = field(default_factory=list)
-    gloo_detection: bench_gloo.GlooDetection | None = None
+    recovery: list[faults.RecoveryRuns] = field(default_factory=list)
+    detection: faults.Detection | None = None
+    gloo_kills: list[gloo.GlooKill] = field(default_factory=list)
+    gloo_detection: gloo.GlooDetection | None = None
     sim: list[tuple[Summary, float]] = field(default_factory=list)
 
     def sections(self, args: argparse.Namespace) -> list[str]:
@@ -380,56 +379,54 @@ class Results:
         if self.idle is not None:
             found.append(report_idle(self.idle))
         if self.recovery:
-            found.append(bench_faults.report_recovery(self.recovery))
+            found.append(faults.report_recovery(self.recovery))
         if self.detection is not None:
-            found.append(bench_faults.report_detection(self.detection))
+            found.append(faults.report_detection(self.detection))
         if self.gloo_kills or self.gloo_detection is not None:
-            found.append(bench_gloo.report_gloo(self.gloo_kills, args.recovery_size, self.gloo_detection))
+            found.append(gloo.report_gloo(self.gloo_kills, args.recovery_size, self.gloo_detection))
         if self.sim:
-            found.append(bench_sim.report_sim(self.sim))
+            found.append(sim.report_sim(self.sim))
         return found
 
 
-def measure(args: argparse.Namespace, results: Results, workdir: Path, ports: PortAllocator) -> None:
+def measure(args: argparse.Namespace, results: Results, lab: Lab) -> None:
     if "start" in args.only:
-        results.start = bench_start(workdir, ports, args.starts)
+        results.start = bench_start(lab, args.starts)
     if "formation" in args.only:
         for size in args.sizes:
-            results.formation[size] = bench_formation(workdir, ports, size, args.repeats)
+            results.formation[size] = bench_formation(lab, size, args.repeats)
     if "gloo" in args.only:
-        bench_gloo.ensure_torch()
+        gloo.ensure_torch()
         if "formation" in args.only:
             for size in args.gloo_sizes:
-                results.gloo_formation[size] = bench_gloo.bench_formation(workdir, ports, size, args.gloo_repeats)
+                results.gloo_formation[size] = gloo.bench_formation(lab, size, args.gloo_repeats)
     if "idle" in args.only:
-        results.idle = bench_idle(workdir, ports, args.idle_size, args.idle)
+        results.idle = bench_idle(lab, args.idle_size, args.idle)
     if "recovery" in args.only:
-        results.recovery = bench_faults.bench_recovery(
-            args.recovery_size, args.kill_one, args.kill_all, workdir, ports, args.seed
-        )
+        results.recovery = faults.bench_recovery(args.recovery_size, args.kill_one, args.kill_all, lab, args.seed)
     if "detection" in args.only:
-        results.detection = bench_faults.bench_detection(args.recovery_size, args.detections, workdir, ports, args.seed)
+        results.detection = faults.bench_detection(args.recovery_size, args.detections, lab, args.seed)
     if "gloo" in args.only:
-        results.gloo_kills = bench_gloo.bench_kill_one(workdir, ports, args.recovery_size, args.gloo_kills, args.seed)
+        results.gloo_kills = gloo.bench_kill_one(lab, args.recovery_size, args.gloo_kills, args.seed)
         if "detection" in args.only:
-            results.gloo_detection = bench_gloo.bench_detection(workdir, ports, args.recovery_size, args.seed)
+            results.gloo_detection = gloo.bench_detection(lab, args.recovery_size, args.seed)
     if "sim" in args.only:
-        results.sim = bench_sim.bench_sim(args.sim_sizes, args.sim_seeds)
+        results.sim = sim.bench_sim(args.sim_sizes, args.sim_seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ports = PortAllocator(random.Random(args.seed))
     results = Results()
     workdir = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
+    lab = Lab(workdir, LowPorts(random.Random(args.seed)), Fleet())
     header = machine()
     progress(header)
     progress(f"configs and logs in {workdir} (kept only if the bench fails)")
-    with cleanup(workdir):
+    with cleanup(lab):
         try:
-            measure(args, results, workdir, ports)
+            measure(args, results, lab)
         except BenchError as exc:
-            kill_all()
+            lab.fleet.kill_all()
             print(f"bench failed: {exc}", file=sys.stderr)
             if exc.logs:
                 print(exc.logs, file=sys.stderr)

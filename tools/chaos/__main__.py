@@ -1,10 +1,11 @@
 """Real-process chaos for meshd: seeded trials of kills, pauses, stale-epoch restarts, duplicate starts and
 partitions, in both epoch modes, on loopback and across network namespaces; recovery timed, safety checked.
 
-Run through ``scripts/chaos`` (it sets up the venv). For each network (loopback; netns when root with ``ip`` and
-``nft``) and epoch mode (fixed epochs from a controller, ``--epoch auto``), ``--trials`` trials run one after the
-other, each a fresh cluster of ``--size`` daemons: formation, ``--faults`` faults from the trial's seed, then a
-quiet period in which every process must be ready in one epoch within the design's bound B (docs/design.md §5).
+Run through ``scripts/chaos`` (it sets up the venv and runs ``python -m tools.chaos``). For each network (loopback;
+netns when root with ``ip`` and ``nft``) and epoch mode (fixed epochs from a controller, ``--epoch auto``),
+``--trials`` trials run one after the other, each a fresh cluster of ``--size`` daemons: formation, ``--faults``
+faults from the trial's seed, then a quiet period in which every process must be ready in one epoch within the
+design's bound B (docs/design.md §5).
 Prints one line per trial and a summary table; writes ``chaos.json`` (settings, summary, every trial with its
 schedule, exits, processes and violations) and ``chaos.png`` (recovery-time CDF and histogram) to ``--out``.
 Exits 0 when every trial converged with no violation, 1 otherwise, 2 on a usage error.
@@ -13,12 +14,12 @@ Exits 0 when every trial converged with no violation, 1 otherwise, 2 on a usage 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import random
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -26,13 +27,14 @@ from typing import Any
 
 import trio
 
+from meshd.cluster.controller import RESTART_DELAY
 from meshd.config import Timeouts
 from meshd.core.bounds import liveness_bound
-from meshd.orchestrator import RESTART_DELAY
-from scripts.chaos_faults import plan
-from scripts.chaos_netns import LOOPBACK, Hosts, Namespaces, NetError, clean_stale, netns_unavailable
-from scripts.chaos_report import plot, summarize, table, write_json
-from scripts.chaos_trial import Trial, TrialSpec
+from tools.chaos.faults import plan
+from tools.chaos.netns import LOOPBACK, Hosts, Namespaces, clean_stale, netns_unavailable
+from tools.chaos.report import plot, summarize, table, write_json
+from tools.chaos.trial import Trial, TrialSpec
+from tools.ports import LowPorts
 
 MODES = ("fixed", "auto")
 NETS = ("loopback", "netns")
@@ -50,32 +52,10 @@ TIMEOUTS: dict[str, float] = {
 START_TIME = 1.0
 # δ in B: message delay between live processes after the last fault (loopback or a bridge: far below this).
 DELTA = 0.1
-# Loopback mesh and admin ports come from below the kernel's ephemeral range (32768 and up), so that no outgoing
-# connection can hold a port a restarted daemon must bind.
-PORT_RANGE = (20000, 32000)
 
 
 def say(text: str) -> None:
     print(f"[chaos] {text}", flush=True)
-
-
-def loopback_ports(rng: random.Random, count: int, taken: set[int]) -> list[int]:
-    """``count`` loopback ports free now (checked with a test bind) and never handed out before in this run."""
-    ports: list[int] = []
-    while len(ports) < count:
-        if len(taken) >= PORT_RANGE[1] - PORT_RANGE[0]:
-            raise NetError(f"ran out of loopback ports in {PORT_RANGE}")
-        port = rng.randrange(*PORT_RANGE)
-        if port in taken:
-            continue
-        taken.add(port)
-        with socket.socket() as probe:
-            try:
-                probe.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -125,20 +105,23 @@ def describe(record: dict[str, Any]) -> str:
     return text
 
 
+def fresh_directory(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
 async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     """Run every trial, appending each record to ``trials`` as it completes."""
     logs = args.out / "logs"
-    ports_rng, ports_taken = random.Random(args.seed), set[int]()
+    # Loopback mesh and admin ports come from below the kernel's ephemeral range, never one twice in a run.
+    ports = LowPorts(random.Random(args.seed), LOOPBACK)
     for net in args.net:
-        namespaces = Namespaces(args.size) if net == "netns" else None
+        namespaces = await trio.to_thread.run_sync(Namespaces, args.size) if net == "netns" else None
         try:
             for mode in args.modes:
                 for number in range(args.trials):
                     seed = args.seed + number
-                    if namespaces is None:
-                        hosts = Hosts(*(loopback_ports(ports_rng, args.size, ports_taken) for _ in range(2)))
-                    else:
-                        hosts = namespaces
+                    hosts = namespaces or Hosts(ports.take(args.size), ports.take(args.size))
                     spec = TrialSpec(
                         index=len(trials),
                         seed=seed,
@@ -150,19 +133,20 @@ async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: l
                         settle=args.settle,
                     )
                     workdir = logs / f"{net}-{mode}-seed{seed}"
-                    shutil.rmtree(workdir, ignore_errors=True)
-                    workdir.mkdir(parents=True)
-                    trial = Trial(spec, hosts, workdir)
+                    await trio.to_thread.run_sync(fresh_directory, workdir)
+                    trial = await trio.to_thread.run_sync(Trial, spec, hosts, workdir)
                     record = await trial.run()
                     trials.append(record)
                     say(describe(record))
                     if not record["converged"] or record["violations"]:
-                        say(f"daemon logs of the failed trial (all in {workdir}):\n{trial.logs()}")
+                        tails = await trio.to_thread.run_sync(trial.logs)
+                        say(f"daemon logs of the failed trial (all in {workdir}):\n{tails}")
                     elif not args.keep_logs:
-                        shutil.rmtree(workdir, ignore_errors=True)
+                        await trio.to_thread.run_sync(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
         finally:
             if namespaces is not None:
-                namespaces.close()
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(namespaces.close)
 
 
 async def run(args: argparse.Namespace, settings: dict[str, Any], trials: list[dict[str, Any]]) -> None:

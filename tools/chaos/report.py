@@ -8,18 +8,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tools.report import percentile
+from tools.report import table as render
+
 # Percentiles are nearest-rank: with few trials p99 is the maximum, never an interpolation below it.
 PERCENTILES = (50, 99)
 # Bins of the recovery-time histogram, shared by every (mode, network) so the bars compare.
 HISTOGRAM_BINS = 24
 # Exit codes named in the table; anything else is listed by number.
 CODE_NAMES = {-9: "kill-9", 0: "0", 1: "1", 75: "75"}
-
-
-def percentile(values: list[float], rank: int) -> float:
-    ordered = sorted(values)
-    position = max(0, -(-rank * len(ordered) // 100) - 1)
-    return ordered[position]
 
 
 def groups(trials: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -55,7 +52,7 @@ def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "bound": max(trial["bound"] for trial in members),
         }
         for rank in PERCENTILES:
-            row[f"p{rank}"] = percentile(recoveries, rank) if recoveries else None
+            row[f"p{rank}"] = percentile(recoveries, rank / 100) if recoveries else None
         row["max"] = max(recoveries) if recoveries else None
         rows.append(row)
     return rows
@@ -71,24 +68,25 @@ def table(rows: list[dict[str, Any]]) -> str:
         "mode", "net", "trials", "converged", "p50", "p99", "max", "bound B", "violations",
         "exits (codexcount)", "survivor 75s/death", "faults",
     ]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for row in rows:
-        cells = [
-            row["mode"],
-            row["net"],
-            str(row["trials"]),
-            f"{row['converged']}/{row['trials']}",
-            _seconds(row["p50"]),
-            _seconds(row["p99"]),
-            _seconds(row["max"]),
-            _seconds(row["bound"]),
-            str(row["violations"]),
-            ", ".join(f"{code}x{count}" for code, count in row["exits"].items()) or "-",
-            f"≤ {row['survivor_75_per_death_max']}",
-            ", ".join(f"{kind}x{count}" for kind, count in sorted(row["faults"].items())),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(
+            [
+                row["mode"],
+                row["net"],
+                str(row["trials"]),
+                f"{row['converged']}/{row['trials']}",
+                _seconds(row["p50"]),
+                _seconds(row["p99"]),
+                _seconds(row["max"]),
+                _seconds(row["bound"]),
+                str(row["violations"]),
+                ", ".join(f"{code}x{count}" for code, count in row["exits"].items()) or "-",
+                f"≤ {row['survivor_75_per_death_max']}",
+                ", ".join(f"{kind}x{count}" for kind, count in sorted(row["faults"].items())),
+            ]
+        )
+    return render(head, cells, aligned=False)
 
 
 def write_json(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:

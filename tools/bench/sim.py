@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import time
 
-from benchlib import progress, table
-
 from meshd.sim.campaign import Summary, default_jobs, run_seeds
+from tools.bench.common import progress, table
 
 # Seeds per size in a full run, and the sizes; --quick runs far fewer.
 SEEDS = 10_000

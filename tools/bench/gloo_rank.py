@@ -1,5 +1,5 @@
-"""One rank of the gloo comparison in scripts/bench (see bench_gloo.py); a separate program so that its start-up
-is torch's and Python's alone.
+"""One rank of the gloo comparison in scripts/bench (see ``tools.bench.gloo``); a separate program, run by its path,
+so that its start-up is torch's and Python's alone (it imports nothing of meshd or tools).
 
 It imports torch, joins the group (``init_process_group("gloo")`` over the TCP store that rank 0 hosts), passes a
 barrier, then runs one more barrier for every line on its stdin until EOF. Each step is printed as a JSON line
