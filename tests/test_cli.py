@@ -162,6 +162,27 @@ async def test_sigterm_while_waiting_for_a_busy_mesh_port_exits_0(harness: Harne
     harness.check("Traceback" not in daemon.stderr(), "SIGTERM while waiting for a port printed a traceback")
 
 
+async def test_sigterm_as_soon_as_the_mesh_port_listens_exits_0(harness: Harness):
+    """``meshd run`` listens before it loads trio: a SIGTERM in that window is noted and still stops it in order."""
+    cluster = harness.cluster(2, name="early")
+    daemon = harness.start(cluster, 0, epoch=1)
+
+    async def listening() -> tuple[bool, Any]:
+        harness.check(daemon.returncode is None, f"the daemon exited {daemon.returncode} before it listened")
+        try:
+            stream = await trio.open_tcp_stream(HOST, cluster.mesh_ports[0])
+        except OSError as exc:
+            return False, repr(exc)
+        await stream.aclose()
+        return True, None
+
+    await harness.eventually(listening, "the mesh port to accept a connection", interval=0.002)
+    daemon.signal(signal.SIGTERM)
+    code = await harness.wait_exit(daemon, timeout=5.0)
+    harness.check(code == 0, f"SIGTERM right after the mesh port listened: exit {code}, expected 0")
+    harness.check("Traceback" not in daemon.stderr(), "SIGTERM right after the listen printed a traceback")
+
+
 # ----- what a command loads
 
 
