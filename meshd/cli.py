@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 DEFAULT_ADMIN = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 # What a shell reports for a process killed by SIGPIPE; the exit code itself should that signal be blocked.
 SIGPIPE_EXIT = 128 + signal.SIGPIPE
+EXEC_HELP = (
+    "run CMD as this daemon's worker once the mesh is ready, with the data sockets (MESHD_FDS); must come last "
+    "(overrides worker.exec)"
+)
 # The signals that stop a daemon in order (exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin", type=_address, help="admin websocket HOST:PORT (overrides admin.listen)")
     run.add_argument("--log-format", choices=LOG_FORMATS, help="overrides log.format")
     run.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="overrides log.level")
+    run.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help=EXEC_HELP)
 
     give_up = f"exit 1 when the daemon does not answer within SECONDS (default {DEFAULT_TIMEOUT:g})"
     for name, text, timeout_help in (
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = commands.add_parser("cluster", help="run a local cluster with a controller that restarts crashed daemons")
     cluster.add_argument("--size", type=_count, required=True, help="number of daemons")
+    cluster.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help="every daemon's worker (last)")
     cluster.add_argument("--base-port", type=int, default=7000, help="mesh ports are P..P+N-1 (default 7000)")
     cluster.add_argument("--admin-base-port", type=int, default=7100, help="admin ports (default 7100)")
     cluster.add_argument("--chaos", type=_seconds, metavar="SECONDS", help="kill -9 a random daemon every SECONDS")
@@ -118,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "also kept; its path is printed)",
     )
     return parser
+
+
+def _command(words: list[str]) -> list[str]:
+    """The worker's command after ``--exec`` (a leading ``--`` only separates it)."""
+    command = words[1:] if words[:1] == ["--"] else words
+    if not command:
+        raise ConfigError("--exec", "needs a command: --exec -- CMD [ARG...]")
+    return command
 
 
 def _index(args: argparse.Namespace, config: Config) -> int | None:
@@ -135,6 +149,9 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         config.log.format = args.log_format
     if args.log_level:
         config.log.level = args.log_level
+    if args.exec is not None:
+        config.worker.exec = _command(args.exec)
+        config.worker.socket = None
     index = _index(args, config)
     epoch = config.epoch if args.epoch is None else args.epoch
     if index is None:
@@ -234,7 +251,17 @@ def format_status(status: Status | dict[str, Any]) -> str:
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
     ]
-    return "\n".join([head, *(line.rstrip() for line in lines)])
+    return "\n".join([head, *(line.rstrip() for line in lines), *_worker_line(status)])
+
+
+def _worker_line(status: Status) -> list[str]:
+    """The worker's line under the table, when a worker has started."""
+    worker = status.worker
+    if worker.state is None:
+        return []
+    who = "attached worker" if worker.pid is None else f"worker pid {worker.pid}"
+    line = f"{who}: {worker.state} since {_clock(worker.started)}, generation {worker.epoch}"
+    return [line if worker.exit is None else f"{line}, exit {worker.exit}"]
 
 
 def format_event(event: MeshEvent) -> str:
@@ -310,6 +337,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         seed=args.seed,
         auto=args.auto,
         log_dir=args.log_dir,
+        exec=() if args.exec is None else tuple(_command(args.exec)),
     )
     return trio.run(run_cluster, spec)
 
@@ -329,8 +357,19 @@ def _end_by_sigpipe() -> int:
     return SIGPIPE_EXIT
 
 
+def _split_exec(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """The arguments before ``--exec``, and the worker's command after it (argparse would take ``--`` itself)."""
+    if "--exec" not in argv:
+        return argv, None
+    at = argv.index("--exec")
+    return argv[:at], argv[at + 1 :]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    before, command = _split_exec(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(before)
+    if hasattr(args, "exec"):
+        args.exec = command
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

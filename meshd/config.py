@@ -60,11 +60,25 @@ class LogConfig:
 
 
 @define
+class WorkerConfig:
+    """The application process on the mesh: started by the daemon (``exec``), or attached over a Unix socket."""
+
+    exec: list[str] | None = None  # the command the daemon starts once its mesh is ready (``--exec`` overrides)
+    socket: str | None = None  # a Unix socket where one worker in another container attaches
+    stop_grace: float = 2.0  # seconds between SIGTERM (or the end message) and SIGKILL when the generation ends
+
+    @property
+    def configured(self) -> bool:
+        return self.exec is not None or self.socket is not None
+
+
+@define
 class Config:
     cluster: ClusterConfig
     timeouts: Timeouts = field(factory=Timeouts)
     admin: AdminConfig = field(factory=AdminConfig)
     log: LogConfig = field(factory=LogConfig)
+    worker: WorkerConfig = field(factory=WorkerConfig)
     index: int | None = None
     epoch: int | EpochMode | None = None  # an integer, "auto" (self-minted generations) or "await" (start op)
 
@@ -208,6 +222,16 @@ def validate(config: Config) -> None:
         timeouts.backoff_max >= timeouts.backoff_initial,
         "timeouts.backoff_max",
         f"must be at least timeouts.backoff_initial ({timeouts.backoff_initial})",
+    )
+    worker = config.worker
+    grace = worker.stop_grace
+    _require(math.isfinite(grace) and grace > 0, "worker.stop_grace", f"must be positive and finite, got {grace}")
+    if worker.exec is not None:
+        _require(bool(worker.exec) and all(worker.exec), "worker.exec", "must be a non-empty list of non-empty strings")
+    if worker.socket is not None:
+        _require(bool(worker.socket), "worker.socket", "must be a path")
+    _require(
+        worker.exec is None or worker.socket is None, "worker.socket", "a worker is either started (exec) or attached"
     )
     level = config.log.level.upper()
     _require(level in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")

@@ -132,7 +132,7 @@ class ExchangeResult:
 
 
 async def exchange_hellos(
-    stream: trio.abc.Stream, mesh: Judge, expected_peer: int | None, timeout: float
+    stream: trio.abc.Stream, mesh: Judge, expected_peer: int | None, timeout: float, read: bytes = b""
 ) -> ExchangeResult:
     """Run both rounds of the hello exchange on ``stream`` within ``timeout``.
 
@@ -142,6 +142,7 @@ async def exchange_hellos(
     """
     ours = mesh.hello(expected_peer)
     machine = Handshake(ours)
+    machine.decoder.receive_data(read)  # what the caller already read to tell a data connection from a link
     conn = FramedConnection(stream, machine.decoder)
     exchange: Exchange | None = None
     answer: PeerAnswer | None = None

@@ -6,11 +6,13 @@ Task tree (every failure stays inside the smallest box that can hold it)::
     daemon scope (cancelled only here: after a fence, or at the end of an orderly stop)
     ├── accept loop ── one task per inbound connection, each under the handshake timeout
     ├── admin websocket server (optional)
-    └── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
+    ├── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
+    └── with a worker: the data plane (data connections of the generation) and the worker's supervisor
 
 Supervision: a link failure ends that link's session only; the model decides what it means. The process ends
 only on the model's Exit effect: 75 when its generation is over (after watchers took the fenced event, bounded),
-0 after an orderly stop (goodbyes bounded by STOP_GRACE).
+0 after an orderly stop (goodbyes bounded by STOP_GRACE), 70 when its worker failed; a worker is stopped (SIGTERM,
+``worker.stop_grace``, SIGKILL) and reaped before the process ends.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import trio
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from loguru import logger
 
 from meshd.admin.server import serve_admin
@@ -43,13 +45,21 @@ from meshd.core.status import (
     LinkEnd,
     LinkUp,
     MeshEvent,
+    MeshState,
     PeerRestarted,
+    PeerState,
     StateChanged,
+    WorkerExited,
+    WorkerStarted,
 )
-from meshd.core.wire import Epoch, Goodbye, View
+from meshd.core.wire import FRAME_HEAD_SIZE, Epoch, FrameType, Goodbye, View
+from meshd.data import DataPlane, receive_exactly
 from meshd.errors import BindError, ExitCode
 from meshd.link import PeerLink, Session, why_no_link
 from meshd.net import Network, TcpNetwork, bind_with_retry
+from meshd.worker.attach import AttachedWorker
+from meshd.worker.contract import Facts
+from meshd.worker.supervisor import WorkerProcess
 
 # The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.
 AWAITED_PLACEHOLDER = Epoch(0)
@@ -124,6 +134,20 @@ class Daemon:
         self._accepting = trio.CancelScope()
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
+        worker = config.worker
+        self.data = (
+            DataPlane(
+                lambda: self.me, self._data_holder, config.cluster.peers, self.net, config.timeouts, rng, self._notify
+            )
+            if worker.configured
+            else None
+        )
+        self.worker: WorkerProcess | AttachedWorker | None = None
+        if worker.exec is not None:
+            self.worker = WorkerProcess(worker.exec, worker.stop_grace)
+        elif worker.socket is not None:
+            self.worker = AttachedWorker(worker.socket, worker.stop_grace, self._notify)
 
     @property
     def me(self) -> Identity:
@@ -131,11 +155,15 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The object ``meshd status --json`` prints and the admin ``status`` op answers."""
-        return self.model.status().to_json()
+        status = self.model.status()
+        if self.worker is not None:
+            status = evolve(status, worker=self.worker.status)
+        return status.to_json()
 
     # ----- applying the model's effects -----
 
     def apply(self, effects: list[Effect]) -> None:
+        self._notify()
         for effect in effects:
             match effect:
                 case SendView(peers=peers):
@@ -148,15 +176,79 @@ class Daemon:
                     self._began.set()
                 case Publish(event=event):
                     self._log(event)
+                    self._tell_data_plane(event)
                     self.bus.publish(event)
                 case Exit(code=ExitCode.FENCED):
+                    self._end_worker()
                     self.exit_code = ExitCode.FENCED
                     if self._nursery is not None:
                         self._nursery.start_soon(self._exit_after_watchers_drained)
                     else:
                         self._scope.cancel()
                 case Exit(code=code):
+                    self._end_worker()
                     self.exit_code = code
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _tell_data_plane(self, event: MeshEvent) -> None:
+        match event:
+            case LinkUp(peer=peer) if self.data is not None:
+                incarnation = self.model.rows[peer].incarnation
+                if incarnation is not None:
+                    self.data.link_up(peer, incarnation)
+            case GenerationMoved() if self.data is not None:
+                self.data.generation_changed()
+
+    def _data_holder(self, peer: int) -> int | None:
+        """The incarnation our up control link holds in ``peer``'s slot: the only one a data connection may join."""
+        row = self.model.rows.get(peer)
+        return row.incarnation if row is not None and row.state is PeerState.UP else None
+
+    def _end_worker(self) -> None:
+        """The daemon leaves its generation: the worker is told at once (SIGTERM), and reaped before the exit."""
+        if self.worker is not None:
+            self.worker.terminate(self.model.exit_reason or "the daemon leaves its generation")
+
+    async def _supervise_worker(self) -> None:
+        """Start the worker once the mesh is ready, final and every data connection verified; follow its end."""
+        assert self.worker is not None and self.data is not None
+        while not (
+            self.model.state is MeshState.READY and self.model.final and self.data.complete and self.worker.present
+        ):
+            await self._changed.wait()
+        epoch, me = self.me.epoch, self.me
+        facts = Facts(
+            index=me.index,
+            size=me.size,
+            cluster=me.cluster,
+            epoch=str(epoch),
+            incarnation=me.incarnation,
+            peers=tuple(str(address) for address in self.settings.config.cluster.peers),
+            admin=None if self.settings.admin is None else str(self.settings.admin),
+        )
+        await self.worker.start(self.data.hand_over(), facts, epoch, self._now())
+        self._publish(WorkerStarted(time=self._now(), index=me.index, pid=self.worker.pid, epoch=epoch))
+        code = await self.worker.wait()
+        if self.model.exit is not None:
+            reason = f"stopped: {self.model.exit_reason}"
+        elif code == 0:
+            reason = "its job is done"
+        elif code is None:
+            reason = "it closed its connection without an exit code (it failed)"
+        else:
+            reason = f"it failed with exit {code}" if code > 0 else f"it was killed by signal {-code}"
+        self._publish(
+            WorkerExited(time=self._now(), index=me.index, pid=self.worker.pid, epoch=epoch, exit=code, reason=reason)
+        )
+        if self.model.exit is None:
+            await self.stop(f"the worker exited: {reason}", ExitCode.OK if code == 0 else ExitCode.WORKER_FAILED)
+
+    def _publish(self, event: MeshEvent) -> None:
+        self._log(event)
+        self.bus.publish(event)
 
     def _log(self, event: MeshEvent) -> None:
         log = logger.bind(index=self.me.index, epoch=str(self.me.epoch))
@@ -171,6 +263,10 @@ class Daemon:
                 log.info("moved to generation {}: {}", epoch, reason)
             case StateChanged(state=state, reason=reason):
                 log.info("mesh {} ({})", state, reason)
+            case WorkerStarted(pid=pid, epoch=epoch):
+                log.info("worker started (pid {}) with the data sockets of generation {}", pid, epoch)
+            case WorkerExited(pid=pid, exit=code, reason=reason):
+                log.log("INFO" if code == 0 else "ERROR", "worker (pid {}) exited: {}", pid, reason)
             case Fenced(reason=reason, newer=newer, cause=cause):
                 fields = {"newer": None if newer is None else newer.to_json(), "cause": cause}
                 log.bind(**fields).error("fenced: {}; exiting with {}", reason, int(ExitCode.FENCED))
@@ -254,14 +350,26 @@ class Daemon:
                     await nursery.start(serve_admin, self._admin_listeners, self)
                 task_status.started()
                 await self._began.wait()
+                if self.data is not None:
+                    await nursery.start(self.data.run)
+                if isinstance(self.worker, AttachedWorker):
+                    await nursery.start(self.worker.serve)
+                if self.worker is not None:
+                    nursery.start_soon(self._supervise_worker)
                 for link in self.links.values():
                     await nursery.start(link.run)
                 nursery.start_soon(self._accept_all, self._listeners)
+        with trio.CancelScope(shield=True):
+            if self.worker is not None:
+                await self.worker.stop(self.model.exit_reason or "the daemon ends")
+            if self.data is not None:
+                self.data.close()
         return int(self.exit_code)
 
-    async def stop(self, reason: str) -> None:
-        """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest."""
-        self.apply(self.model.stop(reason, self._now()))
+    async def stop(self, reason: str, code: ExitCode = ExitCode.OK) -> None:
+        """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest.
+        ``code`` is the exit code: 0, or 70 when the worker failed."""
+        self.apply(self.model.stop(reason, self._now(), code))
         self._accepting.cancel()
         with trio.move_on_after(STOP_GRACE):
             async with trio.open_nursery() as nursery:
@@ -294,11 +402,25 @@ class Daemon:
                 nursery.start_soon(self._handle_inbound, stream)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
-        """Exchange hellos on one inbound connection and settle it; garbage is closed and disturbs nothing."""
+        """Exchange hellos on one inbound connection and settle it; garbage is closed and disturbs nothing.
+
+        With a worker, the first frame's header is read first, exactly: a DATA frame makes it a data connection."""
+        timeout = self.settings.config.timeouts.handshake
+        head = b""
         try:
-            timeout = self.settings.config.timeouts.handshake
-            result = await exchange_hellos(stream, self.model, None, timeout)
+            if self.data is not None:
+                with trio.fail_after(timeout):
+                    head = await receive_exactly(stream, FRAME_HEAD_SIZE)
+                if head[-1] == FrameType.DATA:
+                    await self.data.accept(stream, head)
+                    return
+            result = await exchange_hellos(stream, self.model, None, timeout, head)
+        except trio.TooSlowError:
+            await stream.aclose()
+            self._inbound_refused(f"no frame within {timeout}s")
+            return
         except LinkFailure as exc:
+            await stream.aclose()
             self._inbound_refused(exc.end)
             return
         concluded = await self.settle(result, dialer=result.exchange.peer)

@@ -62,4 +62,5 @@ class ExitCode(enum.IntEnum):
     OK = 0  # orderly stop (SIGTERM/SIGINT), or a command that succeeded
     FAILURE = 1  # runtime failure: a port stayed busy, the admin websocket is unreachable
     USAGE = 2  # usage or configuration error; the message names the flag or key
+    WORKER_FAILED = 70  # the supervised worker failed (a non-zero exit, a signal): a death of the slot's process
     FENCED = 75  # this process's generation is over (a newer epoch, or its generation lost a member): restart it

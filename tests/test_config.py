@@ -1,5 +1,5 @@
 """Configuration (meshd.config) and the command line (meshd.cli): strict structuring, errors that name their key,
-exit codes, and the status table.
+exit codes (in process, and a real ``meshd run`` with a bad config), and the status table.
 
 Every configuration error is a ConfigError whose ``key`` is asserted exactly: it is what the user is told to fix.
 """
@@ -19,6 +19,7 @@ from meshd.core.mesh import MeshModel
 from meshd.core.status import Status
 from meshd.core.wire import Epoch
 from meshd.errors import ConfigError
+from tests.harness.procs import HOST, Harness, free_ports, write_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.toml"))
 
@@ -305,6 +306,39 @@ def test_cli_without_command_exits_2(capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The command line of a real process (tests.harness.procs)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "timeouts", "extra", "args"),
+    [
+        pytest.param("timeouts.connect", {"connect": "1"}, "", [], id="string-for-seconds"),
+        pytest.param("timeouts.conect", {"conect": 1.0}, "", [], id="unknown-key"),
+        pytest.param("surprise", {}, "[surprise]\nanswer = 42\n", [], id="unknown-table"),
+        pytest.param(
+            "timeouts.heartbeat_timeout", {"heartbeat_interval": 1.0, "heartbeat_timeout": 0.5}, "", [], id="cross-key"
+        ),
+        pytest.param("--index", {}, "", ["--index", "7"], id="index-out-of-range"),
+    ],
+)
+async def test_bad_config_exits_2_naming_the_key(harness: Harness, key, timeouts, extra, args):
+    """A real ``python -m meshd run``: exit 2, a message naming the key, no traceback (the keys themselves are
+    decided by test_bad_config_names_its_key, in process)."""
+    path = write_config(harness.tmp / "bad.toml", "bad", free_ports(2), timeouts, extra)
+    (admin_port,) = free_ports(1)
+    proc = harness.spawn(
+        "bad-config",
+        ["run", "--config", str(path), "--index", "0", "--epoch", "1", "--admin", f"{HOST}:{admin_port}", *args],
+    )
+    code = await harness.wait_exit(proc)
+    stderr = proc.stderr()
+    harness.check(code == 2, f"a bad config exited {code}, expected 2")
+    harness.check(re.search(rf"configuration error: {re.escape(key)}\b", stderr), f"stderr does not name {key!r}")
+    harness.check("Traceback" not in stderr, "a configuration error printed a traceback")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The status table
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -349,7 +383,7 @@ STATUS = {
             "last_cause": "refused",
             "last_refused": "stale_epoch",
         },
-    ],
+    ],    "worker": {"pid": None, "state": None, "started": None, "exit": None, "epoch": None},
 }
 
 

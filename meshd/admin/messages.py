@@ -25,6 +25,8 @@ from meshd.core.status import (
     StartAnswer,
     StateChanged,
     Status,
+    WorkerExited,
+    WorkerStarted,
     epoch_from_json,
     refused_from_json,
 )
@@ -188,6 +190,12 @@ def _event(data: JsonObject) -> MeshEvent:
         )
     if name == PeerRestarted.name:
         return PeerRestarted(**common, peer=data["peer"], incarnation=int(data["incarnation"], 16))
+    if name == WorkerStarted.name:
+        return WorkerStarted(**common, pid=data["pid"], epoch=_epoch(data["epoch"]))
+    if name == WorkerExited.name:
+        return WorkerExited(
+            **common, pid=data["pid"], epoch=_epoch(data["epoch"]), exit=data["exit"], reason=data["reason"]
+        )
     if name == GenerationMoved.name:
         return GenerationMoved(**common, epoch=_epoch(data["epoch"]), reason=data["reason"])
     if name == Fenced.name:

@@ -61,6 +61,7 @@ class ClusterSpec:
     host: str = "127.0.0.1"
     auto: bool = False
     log_dir: Path | None = None
+    exec: tuple[str, ...] = ()  # every daemon's worker command (``--exec``), none when empty
 
 
 class LocalCluster:
@@ -78,7 +79,8 @@ class LocalCluster:
             admins=self.admins,
             policy=EpochController(mode),
             workdir=workdir,
-            extra_args=("--log-format", "text"),  # logs for people (the last flag wins over the controller's)
+            # Logs for people (the last flag wins over the controller's); --exec takes the rest of the line: last.
+            extra_args=("--log-format", "text", *(("--exec", "--", *spec.exec) if spec.exec else ())),
             name=self.name,
         )
         self.rng = random.Random(spec.seed)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,11 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshd.children import die_with_parent, libc_prctl
 from meshd.core.address import Address
 
 HOST = "127.0.0.1"
-# prctl(2) option: the kernel sends the child this signal when the parent dies (even by kill -9).
-PR_SET_PDEATHSIG = 1
 
 
 class PortAllocator:
@@ -118,22 +114,6 @@ def run_argv(
     ])  # fmt: skip
 
 
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, loaded before any fork (loading a library in a forked child of a threaded process may hang)."""
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """In the child, before exec: be killed when the process that started us dies, however it dies.
-
-    ``parent`` is the starter's pid, taken before the fork: should it have died before the prctl took effect, the
-    signal would never come, so the child ends itself at once."""
-    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def popen(
     argv: Sequence[str],
     *,
@@ -147,7 +127,7 @@ def popen(
     Call it from a thread that lives as long as the caller (the main thread, or a dedicated one): PR_SET_PDEATHSIG
     fires when the thread that forked the child exits.
     """
-    _prctl()
+    libc_prctl()
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,

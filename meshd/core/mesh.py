@@ -200,6 +200,12 @@ class MeshModel:
             return Standing.FIXED
         return Standing.SEALED if self.sealed else Standing.OPEN
 
+    @property
+    def final(self) -> bool:
+        """Whether this process's generation is final for it: it would exit rather than move (fixed epochs, or
+        sealed). A worker gets the generation's data sockets only when the mesh is ready and final."""
+        return not self.me.auto or self.sealed
+
     def holder(self, slot: int) -> int | None:
         """Auto mode, while our mesh is ready: the incarnation it links in ``slot``, which a duplicate of that slot
         may not displace (``judge`` answers it RETIRED). None otherwise."""
@@ -375,14 +381,14 @@ class MeshModel:
             return StartAnswer(epoch), []
         return StartAnswer(error=f"epoch {epoch} is older than the running epoch {self.me.epoch}; nothing changed"), []
 
-    def stop(self, reason: str, now: float) -> list[Effect]:
-        """A requested, orderly stop: links say goodbye, the process exits 0."""
+    def stop(self, reason: str, now: float, code: ExitCode = ExitCode.OK) -> list[Effect]:
+        """An orderly stop: links say goodbye, the process exits ``code`` (0; 70 when its worker failed)."""
         if self.state in (MeshState.STOPPING, MeshState.FENCED):
             return []
         for slot in self.slots.values():
             slot.closing = True
-        self.exit, self.exit_reason = ExitCode.OK, reason
-        return [*self._set_state(MeshState.STOPPING, reason, now), Exit(ExitCode.OK, reason)]
+        self.exit, self.exit_reason = code, reason
+        return [*self._set_state(MeshState.STOPPING, reason, now), Exit(code, reason)]
 
     # ----- internals -----
 

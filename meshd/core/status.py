@@ -162,6 +162,46 @@ class PeerRow:
         )
 
 
+class WorkerState(enum.StrEnum):
+    """Where the supervised worker (``--exec`` or an attached one) is in its life."""
+
+    STARTING = "starting"  # the mesh is ready: its data sockets are being handed over
+    RUNNING = "running"
+    STOPPING = "stopping"  # SIGTERM sent (or, attached, the generation's end written): waiting for it to exit
+    EXITED = "exited"
+
+
+@frozen
+class WorkerStatus:
+    """The ``worker`` object of the status: every field null until a worker starts (or when none is configured)."""
+
+    pid: int | None = None  # None for an attached worker in another container (or none yet)
+    state: WorkerState | None = None
+    started: float | None = None
+    exit: int | None = None  # its exit code; minus the signal number when a signal ended it
+    epoch: Epoch | None = None  # the generation whose sockets it holds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "state": None if self.state is None else str(self.state),
+            "started": self.started,
+            "exit": self.exit,
+            "epoch": epoch_json(self.epoch),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerStatus:
+        state = data["state"]
+        return cls(
+            data["pid"],
+            None if state is None else WorkerState(state),
+            data["started"],
+            data["exit"],
+            epoch_from_json(data["epoch"]),
+        )
+
+
 @frozen
 class Status:
     """The object ``meshd status --json`` prints and the admin ``status`` op answers."""
@@ -178,6 +218,7 @@ class Status:
     state_since: float
     started: float
     peers: tuple[PeerRow, ...]
+    worker: WorkerStatus = WorkerStatus()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,6 +234,7 @@ class Status:
             "state_since": self.state_since,
             "started": self.started,
             "peers": [peer.to_json() for peer in self.peers],
+            "worker": self.worker.to_json(),
         }
 
     @classmethod
@@ -210,6 +252,7 @@ class Status:
             state_since=data["state_since"],
             started=data["started"],
             peers=tuple(PeerRow.from_json(peer) for peer in data["peers"]),
+            worker=WorkerStatus() if data.get("worker") is None else WorkerStatus.from_json(data["worker"]),
         )
 
 
@@ -295,6 +338,26 @@ class Fenced(MeshEvent):
     newer: Epoch | None  # the newer epoch that ended ours, when one did
     source: str  # who proved it: "peer 2", "the controller"
     cause: str  # "newer_epoch", or "member_replaced" (our generation can never again hold that slot's process)
+
+
+@frozen(kw_only=True)
+class WorkerStarted(MeshEvent):
+    """The worker got the generation's data sockets and runs (``pid`` None: an attached worker)."""
+
+    name: ClassVar[str] = "worker_started"
+    pid: int | None
+    epoch: Epoch
+
+
+@frozen(kw_only=True)
+class WorkerExited(MeshEvent):
+    """The worker ended: by itself (``exit`` 0: its job is done; else the process failed, exit 70), or stopped."""
+
+    name: ClassVar[str] = "worker_exited"
+    pid: int | None
+    epoch: Epoch
+    exit: int | None  # its exit code, minus the signal number when a signal ended it; None: an attached one left
+    reason: str
 
 
 @frozen

@@ -57,6 +57,7 @@ _INCARNATION = struct.Struct(">Q")
 # Hello flag: the sender mints and adopts its own generations (``--epoch auto``) instead of taking a fixed epoch.
 FLAG_AUTO = 0x01
 _REFUSE_HEAD = struct.Struct(">BQQH")
+_DATA_BODY = struct.Struct(">HHQQQQ")
 _TEXT_HEAD = struct.Struct(">H")
 
 
@@ -67,6 +68,7 @@ class FrameType(enum.IntEnum):
     GOODBYE = 4  # the sender is shutting down on purpose; the link ends without an error
     VIEW = 5  # which incarnation of every slot the sender is linked to: the mesh is ready when all views agree
     ACCEPT = 6  # the sender's answer to the peer's hello: link (the link is up once both ends accepted)
+    DATA = 7  # the first frame of a data connection (for the worker), from the dialer only
 
 
 class RefuseReason(enum.IntEnum):
@@ -127,6 +129,22 @@ class Hello:
 
 
 @frozen
+class DataHello:
+    """The dialer's first and only frame on a data connection: which generation and which two incarnations it joins.
+
+    Fixed size (DATA_HELLO_SIZE bytes with its header), so that the acceptor reads it exactly and not a byte of the
+    worker traffic behind it.
+    """
+
+    sender: int
+    target: int
+    epoch: Epoch
+    incarnation: int  # the sender's
+    target_incarnation: int
+    version: int = PROTOCOL_VERSION
+
+
+@frozen
 class Accept:
     """The answer "link" to the peer's hello."""
 
@@ -162,9 +180,16 @@ class View:
         return other is not None and self.epoch == other.epoch and self.incarnations == other.incarnations
 
 
-Frame = Hello | Accept | Refuse | Heartbeat | Goodbye | View
+Frame = Hello | Accept | Refuse | Heartbeat | Goodbye | View | DataHello
 # What one end says after reading the other's hello.
 Answer = Accept | Refuse | Goodbye
+
+# The bytes before a frame's payload: its length and its type (what an acceptor reads first to tell the kinds apart).
+FRAME_HEAD_SIZE = _LENGTH.size + 1
+# A data hello's whole size, header included: fixed.
+DATA_HELLO_SIZE = FRAME_HEAD_SIZE + _HELLO_HEAD.size + _DATA_BODY.size
+# An ACCEPT's whole size: the acceptor's answer on a data connection, the last byte meshd writes on it.
+ACCEPT_SIZE = FRAME_HEAD_SIZE
 
 
 def _text(data: str, limit: int) -> bytes:
@@ -214,6 +239,16 @@ def _encode(frame: Frame) -> bytes:
             reason = _text(frame.reason, 1024)
             body = _TEXT_HEAD.pack(len(reason)) + reason
             kind = FrameType.GOODBYE
+        case DataHello():
+            body = _HELLO_HEAD.pack(MAGIC, frame.version) + _DATA_BODY.pack(
+                frame.sender,
+                frame.target,
+                frame.epoch.major,
+                frame.epoch.minor,
+                frame.incarnation,
+                frame.target_incarnation,
+            )
+            kind = FrameType.DATA
         case View():
             count = len(frame.incarnations)
             flags = VIEW_READY if frame.ready else 0
@@ -308,7 +343,21 @@ def decode_frame(kind: int, payload: bytes) -> Frame:
             return Accept()
         case FrameType.VIEW:
             return _decode_view(payload)
+        case FrameType.DATA:
+            return _decode_data_hello(payload)
     raise RemoteProtocolError(f"unknown frame type {kind}")
+
+
+def _decode_data_hello(payload: bytes) -> DataHello:
+    if len(payload) < _HELLO_HEAD.size or payload[:4] != MAGIC:
+        raise RemoteProtocolError("data hello without the meshd magic")
+    _, version = _HELLO_HEAD.unpack_from(payload)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(version)
+    if len(payload) != _HELLO_HEAD.size + _DATA_BODY.size:
+        raise RemoteProtocolError("data hello of the wrong size")
+    sender, target, major, minor, incarnation, target_incarnation = _DATA_BODY.unpack_from(payload, _HELLO_HEAD.size)
+    return DataHello(sender, target, Epoch(major, minor), incarnation, target_incarnation)
 
 
 class FrameDecoder:

@@ -25,7 +25,8 @@ from typing import Any
 
 import trio
 
-from meshd.cluster.spawn import HOST, die_with_parent
+from meshd.children import die_with_parent
+from meshd.cluster.spawn import HOST
 from meshd.core.address import Address
 from tools.ports import LowPorts
 from tools.report import ms, percentile, table
