@@ -264,9 +264,9 @@ class Daemon:
             case StateChanged(state=state, reason=reason):
                 log.info("mesh {} ({})", state, reason)
             case WorkerStarted(pid=pid, epoch=epoch):
-                log.info("worker started (pid {}) with the data sockets of generation {}", pid, epoch)
+                log.info("{} started with the data sockets of generation {}", _worker_name(pid), epoch)
             case WorkerExited(pid=pid, exit=code, reason=reason):
-                log.log("INFO" if code == 0 else "ERROR", "worker (pid {}) exited: {}", pid, reason)
+                log.log("INFO" if code == 0 else "ERROR", "{} exited: {}", _worker_name(pid), reason)
             case Fenced(reason=reason, newer=newer, cause=cause):
                 fields = {"newer": None if newer is None else newer.to_json(), "cause": cause}
                 log.bind(**fields).error("fenced: {}; exiting with {}", reason, int(ExitCode.FENCED))
@@ -429,6 +429,10 @@ class Daemon:
 
     def _inbound_refused(self, end: LinkEnd | str) -> None:
         logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", end)
+
+
+def _worker_name(pid: int | None) -> str:
+    return "the attached worker" if pid is None else f"worker (pid {pid})"
 
 
 async def serve(settings: Settings, net: Network | None = None, early_signals: Sequence[int] = ()) -> int:
