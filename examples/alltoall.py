@@ -35,7 +35,9 @@ PEER_GONE = 4
 NO_MESH = 2
 POLL = 0.05  # seconds between looks at mesh.ended while a round runs
 STOP_WITHIN = 0.5  # seconds a round may still take once the generation ended, before we stop anyway
-EOF_GRACE = 0.5  # seconds to wait for our own end after a peer's socket ended (a shared end is not a failure)
+# Seconds to wait for our own end after a peer's socket ended: the peer's replacement soon fences our daemon,
+# which then ends us (SIGTERM, exit 0: a shared end, not a failure); only if that does not come do we fail (exit 4).
+EOF_GRACE = 3.0
 DRAIN_TIMEOUT = 10.0  # seconds to wait for every peer's orderly close after the last round
 
 

@@ -1,13 +1,19 @@
-"""Fixtures shared by the test modules: the real-time guard of the virtual-time tests, the process harness."""
+"""Fixtures shared by the test modules: the real-time guard of the virtual-time tests, the process harness, and
+the restarting orchestrator of an auto-mode cluster of real processes."""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import pytest
+import trio
 
-from tests.proc_harness import Harness
+from meshd.cluster.controller import RESTART_DELAY
+from meshd.cluster.policy import EpochController
+from meshd.core.generation import EpochMode
+from tests.harness.procs import Harness, Orchestrate, Orchestrator, TomlEpoch
 
 # Real seconds any one test may take. Virtual time cannot bound a livelock (tasks that never block never let the
 # clock jump, so no trio timeout fires), e.g. two daemons replacing each other's connections forever.
@@ -41,3 +47,28 @@ def harness(tmp_path):
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture
+async def orchestrate(harness: Harness) -> AsyncIterator[Orchestrate]:
+    """``await orchestrate(size=4, launch=all, toml=False)``: an auto-mode cluster under a restarting orchestrator
+    (``tests.harness.procs.Orchestrator``).
+
+    With ``toml=True`` the config file says ``epoch = "auto"`` and the command line gives no ``--epoch``.
+    """
+    async with trio.open_nursery() as nursery:
+
+        async def start(size: int = 4, launch: Iterable[int] | None = None, toml: bool = False) -> Orchestrator:
+            cluster = harness.cluster(size, name="generations")
+            options: dict[str, Any] = {}
+            if toml:
+                config = harness.tmp / "auto.toml"
+                config.write_text('epoch = "auto"\n' + cluster.config.read_text(encoding="utf-8"), encoding="utf-8")
+                options = {"config": config, "cls": TomlEpoch}
+            policy = EpochController(EpochMode.AUTO)
+            controller = harness.controller(cluster, policy, restart_delay=RESTART_DELAY, **options)
+            await nursery.start(controller.run, range(size) if launch is None else list(launch))
+            return Orchestrator(harness, cluster, controller)
+
+        yield start
+        nursery.cancel_scope.cancel()

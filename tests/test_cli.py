@@ -4,12 +4,15 @@ A good tool fails fast and says why in one line (no traceback), ends quietly whe
 without loading what it does not need, and never leaves a restart loop or orphaned daemons behind. ``meshd cluster``
 runs on ``meshd.cluster``: a daemon that cannot run stops it with the daemon's own message, its daemons die with
 it even under kill -9, its logs stay in ``--log-dir``, and it refuses ports that another cluster holds.
+
+``meshd status`` and ``meshd watch`` against a running mesh, and ``meshd run`` with a port that stays busy (exit 1),
+are here too; a stop that comes while ``meshd run`` is binding its port is in test_orderly_stop.py, and the
+failure modes of a running mesh each have their own module (test_formation.py, test_peer_silence.py, ...).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,7 +27,7 @@ import trio
 
 from meshd.cluster.local import STARTS_FILE
 from meshd.core.address import Address
-from tests.proc_harness import (
+from tests.harness.procs import (
     DEADLINE,
     HOST,
     Cluster,
@@ -88,6 +91,60 @@ async def status_gives_up(harness: Harness, name: str, address: str) -> tuple[Pr
 # ----- meshd status
 
 
+async def test_status_cli_json_table_and_unreachable(harness: Harness):
+    cluster = harness.cluster(3)
+    daemons = harness.start_all(cluster, epoch=1)
+    await harness.wait_ready(daemons, epoch=1)
+    address = cluster.admin(0)
+
+    as_json = harness.spawn("status-json", ["status", "--admin", str(address), "--json"])
+    harness.check(await harness.wait_exit(as_json) == 0, "meshd status --json did not exit 0")
+    lines = as_json.stdout().splitlines()
+    harness.check(len(lines) == 1, f"meshd status --json printed {len(lines)} lines, expected one JSON object")
+    status = json.loads(lines[0])
+    types = {"index": int, "epoch": int, "incarnation": str, "state": str, "peers": list}
+    for name, kind in types.items():
+        harness.check(name in status, f"status --json lacks {name!r}: {status}")
+        harness.check(type(status[name]) is kind, f"status field {name} = {status[name]!r} is not {kind.__name__}")
+    harness.check(status["index"] == 0 and status["epoch"] == 1, f"status of the wrong daemon: {status}")
+    harness.check(re.fullmatch(r"[0-9a-f]{16}", status["incarnation"]), f"incarnation {status['incarnation']!r}")
+    harness.check(status["state"] == "ready", f"state {status['state']!r}")
+    harness.check(len(status["peers"]) == cluster.size - 1, f"peers {status['peers']}")
+    peer_types = {
+        "index": (int,),
+        "address": (str,),
+        "state": (str,),
+        "epoch": (int, type(None)),
+        "since": (float, int),
+        "connects": (int,),
+        "failures": (int,),
+        "last_error": (str, type(None)),
+    }
+    for peer in status["peers"]:
+        for name, kinds in peer_types.items():
+            harness.check(name in peer, f"peer row lacks {name!r}: {peer}")
+            harness.check(type(peer[name]) in kinds, f"peer field {name} = {peer[name]!r} has the wrong type")
+        harness.check(peer["state"] in ("up", "down"), f"peer state {peer['state']!r}")
+        harness.check(peer["address"] == f"{HOST}:{cluster.mesh_ports[peer['index']]}", f"peer address {peer}")
+        harness.check(peer["state"] == "up" and peer["epoch"] == 1, f"peer row {peer}")
+        harness.check(peer["since"] > 0 and peer["connects"] >= 1 and peer["failures"] >= 0, f"peer row {peer}")
+
+    table = harness.spawn("status-table", ["status", "--admin", str(address)])
+    harness.check(await harness.wait_exit(table) == 0, "meshd status did not exit 0")
+    text = table.stdout()
+    harness.check("ready" in text and "PEER" in text, f"status table lacks its header or state:\n{text}")
+    for index in (1, 2):
+        harness.check(f"{HOST}:{cluster.mesh_ports[index]}" in text, f"status table lacks peer {index}:\n{text}")
+
+    (unused,) = free_ports(1)
+    nobody = harness.spawn("status-unreachable", ["status", "--admin", f"{HOST}:{unused}"])
+    code = await harness.wait_exit(nobody)
+    stderr = nobody.stderr()
+    harness.check(code == 1, f"meshd status against nothing exited {code}, expected 1")
+    harness.check(f"{HOST}:{unused}" in stderr, f"the unreachable address is not named:\n{stderr}")
+    harness.check("Traceback" not in stderr, "an unreachable daemon printed a traceback")
+
+
 async def test_status_of_a_stopped_daemon_exits_1_within_its_timeout(harness: Harness):
     _, daemon = await a_running_daemon(harness)
     daemon.signal(signal.SIGSTOP)
@@ -133,54 +190,54 @@ async def test_status_into_a_pipe_closed_early_ends_without_a_traceback(harness:
         harness.check(stdout.startswith("meshd index 0 of 2"), f"head -1 got no status line:\n{stdout}")
 
 
+# ----- meshd watch
+
+
+async def test_watch_cli_prints_events_as_they_happen(harness: Harness):
+    cluster = harness.cluster(3)
+    daemons = harness.start_all(cluster, epoch=1)
+    await harness.wait_ready(daemons, epoch=1)
+
+    watcher = harness.spawn("watch", ["watch", "--admin", str(cluster.admin(0))], pipe_stdout=True)
+    # The snapshot comes first, as a status table: once it is printed, the watcher is subscribed.
+    await harness.read_line(watcher, lambda line: line.startswith("meshd index 0 "), "snapshot")
+    victim = daemons[2]
+    killed = trio.current_time()
+    victim.signal(signal.SIGKILL)
+    line = await harness.read_line(watcher, lambda line: " link_down " in line, "link_down")
+    took = trio.current_time() - killed
+    harness.check("peer=2" in line, f"link_down line names another peer: {line!r}")
+    print(f"\nmeshd watch printed link_down {took:.3f}s after kill -9: {line.strip()}")
+
+    watcher.signal(signal.SIGINT)
+    code = await harness.wait_exit(watcher)
+    harness.check(code == 0, f"meshd watch exited {code} on SIGINT, expected 0")
+
+
 # ----- meshd run
 
 
-async def test_sigterm_while_waiting_for_a_busy_mesh_port_exits_0(harness: Harness):
-    cluster = harness.cluster(2, name="busy", bind=30.0)
-    with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.bind((HOST, cluster.mesh_ports[0]))
+@pytest.mark.parametrize("which", ["mesh port", "admin websocket"])
+async def test_busy_port_exits_1_naming_the_port(harness: Harness, which):
+    """Exit 1 with a one-line error naming the port (not an uncaught exception that happens to exit 1 too)."""
+    cluster = harness.cluster(2, bind=0.5)
+    busy = cluster.mesh_ports[0] if which == "mesh port" else cluster.admin_ports[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((HOST, busy))
         holder.listen()
+        started = time.monotonic()
         daemon = harness.start(cluster, 0, epoch=1)
-
-        async def in_its_event_loop() -> tuple[bool, Any]:
-            """trio runs (its epoll descriptor is open): the daemon is past its start, retrying the port."""
-            harness.check(daemon.returncode is None, f"the daemon exited {daemon.returncode} with its port busy")
-            try:
-                links = [os.readlink(entry) for entry in Path(f"/proc/{daemon.pid}/fd").iterdir()]
-            except OSError as exc:
-                return False, repr(exc)
-            return "anon_inode:[eventpoll]" in links, links
-
-        await harness.eventually(in_its_event_loop, "the daemon to run its event loop")
-        await trio.sleep(0.5)
-        harness.check(daemon.returncode is None, f"the daemon exited {daemon.returncode} with its port busy")
-        daemon.signal(signal.SIGTERM)
-        code = await harness.wait_exit(daemon, timeout=5.0)
-    harness.check(code == 0, f"SIGTERM while waiting for a busy mesh port: exit {code}, expected 0")
-    harness.check("Traceback" not in daemon.stderr(), "SIGTERM while waiting for a port printed a traceback")
-
-
-async def test_sigterm_as_soon_as_the_mesh_port_listens_exits_0(harness: Harness):
-    """``meshd run`` listens before it loads trio: a SIGTERM in that window is noted and still stops it in order."""
-    cluster = harness.cluster(2, name="early")
-    daemon = harness.start(cluster, 0, epoch=1)
-
-    async def listening() -> tuple[bool, Any]:
-        harness.check(daemon.returncode is None, f"the daemon exited {daemon.returncode} before it listened")
-        try:
-            stream = await trio.open_tcp_stream(HOST, cluster.mesh_ports[0])
-        except OSError as exc:
-            return False, repr(exc)
-        await stream.aclose()
-        return True, None
-
-    await harness.eventually(listening, "the mesh port to accept a connection", interval=0.002)
-    daemon.signal(signal.SIGTERM)
-    code = await harness.wait_exit(daemon, timeout=5.0)
-    harness.check(code == 0, f"SIGTERM right after the mesh port listened: exit {code}, expected 0")
-    harness.check("Traceback" not in daemon.stderr(), "SIGTERM right after the listen printed a traceback")
+        code = await harness.wait_exit(daemon)
+        took = time.monotonic() - started
+    stderr = daemon.stderr()
+    harness.check(code == 1, f"a daemon whose {which} is busy exited {code}, expected 1")
+    harness.check(f"{HOST}:{busy}" in stderr and which in stderr, f"stderr does not name the busy {which} {busy}")
+    harness.check(
+        "Traceback" not in stderr,
+        "a busy port ended in an uncaught exception (traceback on stderr) instead of a clean error message",
+    )
+    harness.check(took >= 0.4, f"gave up after {took:.2f}s, before the bind period (0.5s) was over")
+    print(f"\nbusy {which}: exit 1 after {took:.2f}s with timeouts.bind = 0.5")
 
 
 # ----- what a command loads

@@ -383,7 +383,8 @@ STATUS = {
             "last_cause": "refused",
             "last_refused": "stale_epoch",
         },
-    ],    "worker": {"pid": None, "state": None, "started": None, "exit": None, "epoch": None},
+    ],
+    "worker": {"pid": None, "state": None, "started": None, "exit": None, "epoch": None},
 }
 
 

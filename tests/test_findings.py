@@ -22,7 +22,7 @@ from meshd.sim.schedule import Crash, Pause, Schedule, Zombie
 from meshd.sim.search import search
 from meshd.sim.variants import VARIANTS
 from meshd.sim.world import run
-from tests.virtual import (
+from tests.harness.virtual import (
     CLUSTER,
     EPS,
     FORM_WITHIN,

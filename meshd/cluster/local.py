@@ -18,9 +18,11 @@ daemon's admin port but is not the one the command started there (another cluste
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
+import os
 import random
 import signal
 import socket
@@ -39,7 +41,8 @@ from meshd.cluster.policy import EpochController, convergence_problems
 from meshd.cluster.spawn import write_config
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
-from meshd.core.status import PeerState, Status
+from meshd.core.status import PeerState, Status, WorkerState
+from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
 
 # How often the status table is refreshed.
@@ -88,6 +91,7 @@ class LocalCluster:
         self.fault_at: float | None = None
         self.recoveries: list[float] = []
         self.kills = 0
+        self.working_epoch: Epoch | None = None
 
     def say(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
@@ -143,11 +147,20 @@ class LocalCluster:
         )
 
     async def chaos(self, period: float) -> None:
+        """kill -9 a random daemon every ``period``; with workers, half the time its worker instead."""
         while True:
             await trio.sleep(period)
             victim = self.rng.choice(self.controller.slots).current
-            if victim is not None and victim.running:
-                self.kills += 1
+            if victim is None or not victim.running:
+                continue
+            self.kills += 1
+            status = self.ours(victim.slot)
+            worker = None if status is None else status.worker.pid
+            if self.spec.exec and worker is not None and status is not None and self.rng.random() < 0.5:
+                self.say(f"chaos: kill -9 the worker of daemon {victim.slot} (pid {worker})")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, signal.SIGKILL)
+            else:
                 self.say(f"chaos: kill -9 daemon {victim.slot} (pid {victim.pid})")
                 self.controller.kill(victim)
 
@@ -161,11 +174,25 @@ class LocalCluster:
                 self.fault_at = None
                 epoch = self.statuses[0].epoch if self.statuses[0] is not None else "?"
                 self.say(f"recovered: all {self.spec.size} ready at epoch {epoch}, {took:.2f}s after the fault")
+            if self.spec.exec:
+                self.report_work()
             table = self.table()
             if table != last_table:
                 print(table, flush=True)
                 last_table = table
             await trio.sleep(REFRESH_INTERVAL)
+
+    def report_work(self) -> None:
+        """Say when every slot's worker runs in one generation (the work resumed there)."""
+        statuses = [self.ours(slot) for slot in range(self.spec.size)]
+        workers = [status.worker for status in statuses if status is not None]
+        epochs = {worker.epoch for worker in workers if worker.state is WorkerState.RUNNING}
+        if len(workers) == self.spec.size and len(epochs) == 1 and all(w.state is WorkerState.RUNNING for w in workers):
+            (epoch,) = epochs
+            if epoch != self.working_epoch:
+                self.working_epoch = epoch
+                pids = ", ".join(str(worker.pid) for worker in workers)
+                self.say(f"work running: {self.spec.size} workers in generation {epoch} (pids {pids})")
 
     def ours(self, slot: int) -> Status | None:
         """The slot's status if it comes from the daemon this command started there (else None)."""
@@ -183,7 +210,7 @@ class LocalCluster:
     def table(self) -> str:
         policy = self.controller.policy
         head = "cluster minting its own generations" if self.spec.auto else f"cluster epoch {policy.current}"
-        lines = [head, "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS"]
+        lines = [head, "SLOT  PID      EPOCH  STATE      LINKS  STARTS  EXITS" + ("  WORKER" if self.spec.exec else "")]
         for slot in self.controller.slots:
             current = slot.current
             pid = current.pid if current is not None and current.running else "-"
@@ -196,7 +223,12 @@ class LocalCluster:
                 state, epoch, links = str(status.state), str(status.epoch), f"{up}/{len(status.peers)}"
             starts = sum(incarnation.role == "member" for incarnation in slot.history)
             exits = ",".join(str(code) for code in slot.exits[-4:]) or "-"
-            lines.append(f"{slot.index:<5} {pid!s:<8} {epoch:<6} {state:<10} {links:<6} {starts:<7} {exits}")
+            line = f"{slot.index:<5} {pid!s:<8} {epoch:<6} {state:<10} {links:<6} {starts:<7} {exits}"
+            if self.spec.exec:
+                worker = None if status is None else status.worker
+                shown = "-" if worker is None or worker.state is None else f"{worker.state} {worker.pid or ''}"
+                line = f"{line:<52} {shown}"
+            lines.append(line.rstrip())
         return "\n".join(lines)
 
     def summary(self) -> str:

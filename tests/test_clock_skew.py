@@ -1,36 +1,38 @@
-"""Self-minted generations with skewed and jumping wall clocks, and readiness faults, in trio's virtual time.
+"""Failure mode: wall clocks disagree. Self-minted (auto-mode) generations minted by clocks an hour or a day
+behind, or jumping back across a restart, still settle on one ready generation, each survivor exiting 75 at most
+once per fault: the wall clock only picks numbers, a generation minted above a known one is always newer.
 
-meshd has no flag to inject a wall clock into a real process, so these tests run real ``Daemon`` objects on the
-simulation's network in its exact-time preset (``tests.virtual.TracingNetwork``), each with its own ``wall_clock``,
-under pytest-trio's ``autojump_clock``. A small orchestrator keeps one daemon per slot and restarts any that ends
-(fenced, or killed as kill -9 would: every socket it held is closed and its tasks stop) after RESTART_DELAY,
-counting exits per slot.
+Variants: virtual time only. meshd has no flag to inject a wall clock into a real process, so these tests run real
+``Daemon`` objects on the simulation's network in its exact-time preset (``tests.harness.virtual.TracingNetwork``),
+each with its own ``wall_clock``, under pytest-trio's ``autojump_clock``. A small orchestrator keeps one daemon per
+slot and restarts any that ends (fenced, or killed as kill -9 would: every socket it held is closed and its tasks
+stop) after RESTART_DELAY, counting exits per slot. Timeouts are GRID_TIMEOUTS (multiples of 1/8 s).
 
-Timeouts are multiples of 1/8 s so that every timer lands exactly on the float grid (see the heartbeat test below).
+Saturation (a generation at 2^64-1, peers beyond ``MAJOR_CEILING``: finding 4) is decided by the unit tests
+(tests/test_hello.py, tests/test_mesh_model.py) and replayed against real daemons in tests/test_findings.py, which
+also replays finding 1 (clocks 3000 s behind and ahead).
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 
-from meshd.config import Config, structure
 from meshd.core.status import MeshState, PeerState
-from meshd.core.wire import Accept, Epoch, Frame, FrameDecoder, Heartbeat, Hello, View, encode
+from meshd.core.wire import Epoch
 from meshd.daemon import Daemon, Settings
 from meshd.errors import ExitCode
 from meshd.sim.network import Attachment
-from tests.virtual import TracingNetwork, address
+from tests.harness.virtual import TracingNetwork, address, grid_config, virtual_time, virtual_time_watchdog
 
-CLUSTER = "virtual-generations"
+# Every test here runs in virtual time.
+pytestmark = virtual_time
+
 # Wall clock (seconds) of a host whose clock is right, at virtual time 0: late 2026, as the real-process tests see.
-pytestmark = pytest.mark.usefixtures("wall_clock_guard")  # tests/conftest.py
-
 NOW = 1_795_600_000.0
 HOUR = 3600.0
 RESTART_DELAY = 0.2
@@ -38,46 +40,7 @@ RESTART_DELAY = 0.2
 RECOVERY = 30.0
 # Virtual seconds a settled cluster must then stay as it is.
 SETTLE = 2.0
-# Real seconds virtual time may stand still before the watchdog calls it a livelock, and how often it looks.
-STALL_LIMIT = 3.0
-WATCHDOG_PERIOD = 0.25
 KILLED = "killed"
-TIMEOUTS = {
-    "connect": 0.5,
-    "handshake": 0.5,
-    "heartbeat_interval": 0.125,
-    "heartbeat_timeout": 0.5,
-    "backoff_initial": 0.0625,
-    "backoff_max": 0.5,
-}
-
-
-class Livelock(Exception):
-    """Raised by the real-time guard. Not a TimeoutError: that is an OSError, which meshd's I/O code converts."""
-
-
-async def virtual_time_watchdog(real_limit: float = STALL_LIMIT) -> None:
-    """Raise Livelock when virtual time stands still for ``real_limit`` real seconds.
-
-    The task waits on a thread between checks, which counts as blocked, so it never holds the MockClock back; and
-    unlike the SIGALRM guard it fails the test from an ordinary task, so the nursery shuts down cleanly.
-    """
-    last, stalled = trio.current_time(), 0.0
-    while True:
-        await trio.to_thread.run_sync(time.sleep, WATCHDOG_PERIOD, abandon_on_cancel=True)
-        now = trio.current_time()
-        if now != last:
-            last, stalled = now, 0.0
-            continue
-        stalled += WATCHDOG_PERIOD
-        if stalled >= real_limit:
-            raise Livelock(f"virtual time stood still at {now} for {real_limit} real seconds")
-
-
-def make_config(size: int, **timeouts: float) -> Config:
-    peers = [str(address(index)) for index in range(size)]
-    return structure({"cluster": {"name": CLUSTER, "peers": peers}, "timeouts": {**TIMEOUTS, **timeouts}})
-
 
 Clock = Callable[[int], float]  # start number (1 for the first process of a slot) -> wall clock offset in seconds
 
@@ -100,7 +63,7 @@ class VirtualCluster:
 
     def __init__(self, nursery: trio.Nursery, size: int, offsets: dict[int, Clock] | None = None) -> None:
         self.net = TracingNetwork()
-        self.config = make_config(size)
+        self.config = grid_config(size)
         self.slots = [Slot(index, (offsets or {}).get(index, lambda start: 0.0)) for index in range(size)]
         self._nursery = nursery
         nursery.start_soon(virtual_time_watchdog)
@@ -267,110 +230,3 @@ async def test_a_backward_jumping_replacement_of_any_slot_fences_each_survivor_o
         await cluster.settle(second, exits)
         assert second > first
         nursery.cancel_scope.cancel()
-
-
-# ----- readiness must not depend on the order in which two connections deliver
-
-
-class RawPeer:
-    """One end of a connection, spoken by the test: frames out, frames in, heartbeats on demand."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder()
-        self._lock = trio.Lock()
-
-    async def send(self, frame: Frame) -> None:
-        async with self._lock:
-            await self.stream.send_all(encode(frame))
-
-    async def receive(self) -> Frame:
-        while (frame := self.decoder.next_frame()) is None:
-            self.decoder.receive_data(await self.stream.receive_some(65536))
-        return frame
-
-    async def heartbeats(self, interval: float) -> None:
-        while True:
-            await self.send(Heartbeat())
-            await trio.sleep(interval)
-
-
-async def test_a_late_view_on_the_tie_break_loser_does_not_undo_readiness(autojump_clock):
-    """A VIEW that arrives on the connection that lost the tie-break is not the link's latest view.
-
-    Regression: such a view used to overwrite the peer's latest one, and a process could stay forming or degraded
-    for ever with every link up (seen in about 1 of 50 real-process cold starts on a loaded host).
-
-    Peers 1 and 2 are played by the test; daemon 0 is real (fixed epoch: the readiness rule is the same in every
-    mode). 1 dials 0 (connection A: 0's first link to 1); 0 dials 1 (connection B, which wins the tie-break, the
-    lower index's dial; A lingers for one handshake timeout). On A, peer 1 had sent the view it had then (linked to
-    0 only); that frame is delayed in the network (two TCP connections are not ordered with respect to each other)
-    and arrives after the full views on B and from 2. Nothing changes afterwards, so no view is sent again: the
-    daemon must stay ready.
-    """
-    epoch = Epoch(1)
-    net = TracingNetwork()
-    config = make_config(3, handshake=4.0)
-    peer_1 = net.for_node(address(1))
-    (listener_1,) = await peer_1.listen(address(1))
-    (listener_2,) = await net.for_node(address(2)).listen(address(2))
-    daemon = Daemon(Settings(config, 0, epoch, None), net=net.for_node(address(0)), incarnation=0xA0)
-    me, one, two = 0xA0, 0xB1, 0xB2
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        dialed_1 = RawPeer(await listener_1.accept())  # B: daemon 0 dials 1 at once
-        dialed_2 = RawPeer(await listener_2.accept())
-        a = RawPeer(await peer_1.connect(address(0)))  # A: 1 dials 0
-        await a.send(Hello(CLUSTER, 1, 0, epoch, one))
-        assert isinstance(await a.receive(), Hello)
-        await a.send(Accept())
-        with trio.fail_after(1):
-            while daemon.model.rows[1].state is not PeerState.UP:
-                await trio.sleep(0.01)
-        delayed = View(epoch, (me, one, 0))  # what 1 sent on A while A was its link to 0 and 2 was not linked yet
-
-        for raw, sender, incarnation in ((dialed_1, 1, one), (dialed_2, 2, two)):
-            assert isinstance(await raw.receive(), Hello)
-            await raw.send(Hello(CLUSTER, sender, 0, epoch, incarnation))
-            await raw.send(Accept())
-            nursery.start_soon(raw.heartbeats, TIMEOUTS["heartbeat_interval"])
-        full = View(epoch, (me, one, two))
-        await dialed_1.send(full)
-        await dialed_2.send(full)
-        with trio.fail_after(1):
-            while daemon.model.state is not MeshState.READY:
-                await trio.sleep(0.01)
-
-        await a.send(delayed)  # the frame from A's early days finally arrives
-        await trio.sleep(5.0)
-        status = daemon.status()
-        nursery.cancel_scope.cancel()
-    assert [peer["state"] for peer in status["peers"]] == ["up", "up"], status
-    assert status["state"] == "ready", (
-        f"daemon 0 left ready for good on a stale VIEW from the tie-break loser, though every link is up and every "
-        f"peer's latest view on its link equals its own: {status}"
-    )
-
-
-# ----- timers on the virtual clock
-
-
-async def test_heartbeats_on_a_non_dyadic_interval_do_not_livelock_in_virtual_time(autojump_clock):
-    """Two daemons with heartbeat_interval 0.1 must let virtual time pass (43 * 0.1 is where the grid broke).
-
-    Regression: heartbeats slept until ``(floor(now / interval) + 1) * interval``; when the clock stood exactly on
-    a grid point k * interval whose float quotient rounds below k (k = 43 for 0.1), that deadline was ``now``
-    itself, the sleep returned at once and the sender spun without ever blocking, so a MockClock never advanced
-    again (on a real clock it only spins until the time moves past the point). ``link.next_tick`` fixed it.
-    """
-    net = TracingNetwork()
-    config = make_config(2, heartbeat_interval=0.1, heartbeat_timeout=0.5)
-    daemons = [Daemon(Settings(config, index, Epoch(1), None), net=net.for_node(address(index))) for index in range(2)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(virtual_time_watchdog)
-        for daemon in daemons:
-            await nursery.start(daemon.run)
-        await trio.sleep(10.0)
-        states = [daemon.model.state for daemon in daemons]
-        nursery.cancel_scope.cancel()
-    assert states == [MeshState.READY, MeshState.READY]

@@ -3,27 +3,33 @@
 Everything here is test scaffolding around the simulation's network (``meshd.sim.network``) in its exact-time
 preset: a network that remembers every connection attempt and every connection, and a ``Node`` that runs one daemon
 in its own cancel scope while recording the events it publishes, stamped with the virtual time at which they were
-published.
+published; checks of the links a mesh settled on; and, for tests that run daemons without ``Node``, timeouts on the
+1/8 s float grid and a watchdog that fails a test whose virtual time stands still (a livelock).
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from attrs import define, field
 
 from meshd.config import Config, structure
 from meshd.core.address import Address
-from meshd.core.status import MeshState
+from meshd.core.status import MeshState, PeerState
 from meshd.core.wire import Epoch, Frame, FrameDecoder
 from meshd.daemon import Daemon, Settings
 from meshd.link import Session
 from meshd.sim.network import EXACT_LATENCY, Attachment, ProcessNetwork, SimConnection, SimNetwork, SimStream
+
+# Mark of every virtual-time test: tests/conftest.py's real-time guard, since virtual time cannot bound a livelock.
+virtual_time = pytest.mark.usefixtures("wall_clock_guard")
 
 CLUSTER = "t"
 # Virtual seconds between the starts of the daemons of a mesh: far less than the first back-off.
@@ -230,3 +236,89 @@ def link_snapshot(nodes: Sequence[Node]) -> dict[tuple[int, int], tuple[object, 
         for node in nodes
         for peer, status in node.daemon.model.rows.items()
     }
+
+
+# ----- the links a mesh settled on
+
+LINK_EVENTS = ("link_up", "link_down", "peer_restarted")
+
+
+def pairs(size: int) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(size), 2))
+
+
+def link_events(events: list[tuple[float, dict[str, object]]]) -> list[tuple[float, dict[str, object]]]:
+    """The events about links, leaving out those about the mesh state."""
+    return [(when, event) for when, event in events if event["event"] in LINK_EVENTS]
+
+
+def assert_one_connection_per_pair(net: TracingNetwork, nodes: list[Node]) -> None:
+    """Each pair's two links are the two ends of one open connection, and no other connection is left open."""
+    live = set()
+    for a, b in pairs(len(nodes)):
+        session_a, session_b = nodes[a].session(b), nodes[b].session(a)
+        assert session_a is not None and session_b is not None, f"pair {a}-{b} is not linked on both ends"
+        assert nodes[a].daemon.model.rows[b].state is PeerState.UP
+        assert nodes[b].daemon.model.rows[a].state is PeerState.UP
+        # Both ends agree on who dialed and on which incarnation is behind the other end.
+        assert session_a.origin.dialer == session_b.origin.dialer
+        assert session_a.origin.peer_incarnation == nodes[b].daemon.me.incarnation
+        assert session_b.origin.peer_incarnation == nodes[a].daemon.me.incarnation
+        # And they really are the two ends of the same connection, opened by that dialer.
+        end_a, end_b = session_a.conn.stream, session_b.conn.stream
+        connection = end_a.connection  # type: ignore[attr-defined]
+        assert connection is not None and connection is end_b.connection  # type: ignore[attr-defined]
+        assert end_a is not end_b
+        assert connection.open
+        dialer = nodes[session_a.origin.dialer]
+        assert connection.source == dialer.daemon.mesh_address
+        assert connection.dialer is (end_a if dialer.index == a else end_b)
+        live.add(connection.number)
+    leaked = [c for c in net.connections if c.open and c.number not in live]
+    assert not leaked, f"connections left open besides the links: {leaked}"
+
+
+# ----- daemons run without Node: grid timeouts and a livelock watchdog
+
+# The cluster name of grid_config's clusters.
+GRID_CLUSTER = "virtual-generations"
+# Timeouts that are multiples of 1/8 s, so that every timer lands exactly on the float grid (see
+# tests/test_peer_silence.py::test_heartbeats_on_a_non_dyadic_interval_do_not_livelock_in_virtual_time).
+GRID_TIMEOUTS = {
+    "connect": 0.5,
+    "handshake": 0.5,
+    "heartbeat_interval": 0.125,
+    "heartbeat_timeout": 0.5,
+    "backoff_initial": 0.0625,
+    "backoff_max": 0.5,
+}
+# Real seconds virtual time may stand still before the watchdog calls it a livelock, and how often it looks.
+STALL_LIMIT = 3.0
+WATCHDOG_PERIOD = 0.25
+
+
+def grid_config(size: int, **timeouts: float) -> Config:
+    """A cluster named GRID_CLUSTER at ``address(0..size-1)`` with GRID_TIMEOUTS, overridden by ``timeouts``."""
+    return make_config(size, name=GRID_CLUSTER, **{**GRID_TIMEOUTS, **timeouts})
+
+
+class Livelock(Exception):
+    """Raised by the real-time guard. Not a TimeoutError: that is an OSError, which meshd's I/O code converts."""
+
+
+async def virtual_time_watchdog(real_limit: float = STALL_LIMIT) -> None:
+    """Raise Livelock when virtual time stands still for ``real_limit`` real seconds.
+
+    The task waits on a thread between checks, which counts as blocked, so it never holds the MockClock back; and
+    unlike the SIGALRM guard it fails the test from an ordinary task, so the nursery shuts down cleanly.
+    """
+    last, stalled = trio.current_time(), 0.0
+    while True:
+        await trio.to_thread.run_sync(time.sleep, WATCHDOG_PERIOD, abandon_on_cancel=True)
+        now = trio.current_time()
+        if now != last:
+            last, stalled = now, 0.0
+            continue
+        stalled += WATCHDOG_PERIOD
+        if stalled >= real_limit:
+            raise Livelock(f"virtual time stood still at {now} for {real_limit} real seconds")

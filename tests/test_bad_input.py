@@ -1,5 +1,16 @@
-"""Real daemons on the in-memory network, in virtual time: what strangers send them (garbage, wrong hellos,
-overlapping bad connections, bursts of connects) is closed within the handshake timeout and disturbs nothing."""
+"""Failure mode: bad input on a mesh port. What strangers send (garbage, unknown frame types, oversize length
+prefixes, bad hellos: another cluster, version, index, epoch or mode; half a hello, silence), overlapping bad
+connections and bursts of connects: each connection is refused or closed within the handshake timeout, and the
+ready mesh is not disturbed.
+
+Variants:
+- virtual time (``tests.harness.virtual``, under ``autojump_clock``): every kind of bad input, each with the refusal
+  it gets and the exact instant of the close; all of them at once to every daemon; simultaneous connects;
+- real processes (``tests.harness.procs``): garbage, oversize and silent clients over real TCP, which must end in an
+  orderly close (EOF, not a reset) with the daemon's hello and refusal delivered.
+
+Bad configuration is in test_config.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +22,8 @@ import trio
 
 from meshd.core.address import Address
 from meshd.core.wire import MAX_FRAME_SIZE, Epoch, FrameDecoder, Heartbeat, Hello, Refuse, RefuseReason, encode
-from tests.virtual import (
+from tests.harness.procs import DISTURBANCES, HOST, Harness, is_ready, watching
+from tests.harness.virtual import (
     CLUSTER,
     EPS,
     FORM_WITHIN,
@@ -24,10 +36,11 @@ from tests.virtual import (
     read_until_eof,
     start_mesh,
     start_node,
+    virtual_time,
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("wall_clock_guard")
+# ----- virtual time
 
 
 def bad_inputs() -> list[object]:
@@ -48,6 +61,7 @@ def bad_inputs() -> list[object]:
     ]
 
 
+@virtual_time
 @pytest.mark.parametrize(("data", "refusal"), bad_inputs())
 async def test_bad_input_is_closed_within_the_handshake_timeout_and_disturbs_nothing(autojump_clock, data, refusal):
     net = TracingNetwork()
@@ -84,6 +98,7 @@ async def test_bad_input_is_closed_within_the_handshake_timeout_and_disturbs_not
         nursery.cancel_scope.cancel()
 
 
+@virtual_time
 async def test_overlapping_bad_connections_to_every_daemon_disturb_nothing(autojump_clock):
     """Every kind of bad input, to every daemon, all open at once: each is closed in time, the mesh stays ready."""
     net = TracingNetwork()
@@ -118,6 +133,7 @@ async def test_overlapping_bad_connections_to_every_daemon_disturb_nothing(autoj
         nursery.cancel_scope.cancel()
 
 
+@virtual_time
 async def test_simultaneous_connects_to_a_listening_daemon_are_accepted(autojump_clock):
     """A listening host queues simultaneous connections (the listen backlog); none is refused.
 
@@ -144,3 +160,94 @@ async def test_simultaneous_connects_to_a_listening_daemon_are_accepted(autojump
                 clients.start_soon(client, number)
         assert refused == []
         nursery.cancel_scope.cancel()
+
+
+# ----- real processes
+
+
+async def _probe_mesh_port(host: str, port: int, payload: bytes, bound: float) -> tuple[bytes, str, float]:
+    """Connect, send ``payload``, read until the daemon closes; (bytes received, how it ended, seconds)."""
+    stream = await trio.open_tcp_stream(host, port)
+    started = trio.current_time()
+    received = bytearray()
+    ending = "still open"
+    async with stream:
+        if payload:
+            await stream.send_all(payload)
+        with trio.move_on_after(bound):
+            try:
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+                ending = "eof"
+            except trio.BrokenResourceError as exc:
+                ending = f"reset ({exc.__cause__!r})"
+    return bytes(received), ending, trio.current_time() - started
+
+
+def _frames(data: bytes) -> list[object]:
+    decoder = FrameDecoder()
+    decoder.receive_data(data)
+    decoder.receive_eof()
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+INTRUDERS = {
+    # A well-formed length prefix around a frame type meshd does not know.
+    "garbage": b"\x00\x00\x00\x08\x09garbage!",
+    # One byte more than the largest frame meshd accepts, followed by a little of the promised body.
+    "oversize": (MAX_FRAME_SIZE + 1).to_bytes(4, "big") + b"\x01" + b"x" * 64,
+    # Connects and says nothing at all.
+    "silent": b"",
+}
+
+
+async def test_garbage_oversize_and_silent_clients_disturb_nothing(harness: Harness):
+    """Over real TCP: the daemon's hello and refusal arrive and the connection ends in EOF. Which input gets which
+    refusal, and when each is closed, is decided by
+    test_bad_input_is_closed_within_the_handshake_timeout_and_disturbs_nothing."""
+    cluster = harness.cluster(3)
+    daemons = harness.start_all(cluster, epoch=1)
+    await harness.wait_ready(daemons, epoch=1)
+    bound = 10.0
+    results: dict[tuple[int, str], tuple[bytes, str, float]] = {}
+
+    async def intrude(daemon, kind: str) -> None:
+        results[daemon.index, kind] = await _probe_mesh_port(
+            HOST, cluster.mesh_ports[daemon.index], INTRUDERS[kind], bound
+        )
+
+    async with watching(harness, daemons) as watches:
+        async with trio.open_nursery() as nursery:
+            for daemon in daemons:
+                for kind in INTRUDERS:
+                    nursery.start_soon(intrude, daemon, kind)
+        await trio.sleep(3 * cluster.timeouts["heartbeat_timeout"])
+        statuses = await harness.statuses(daemons)
+
+    for (index, kind), (data, ending, took) in sorted(results.items()):
+        where = f"{kind} client on daemon {index}'s mesh port"
+        harness.check(ending == "eof", f"{where}: connection {ending} after {took:.2f}s, expected EOF within {bound}s")
+        frames = _frames(data)
+        harness.check(
+            frames and isinstance(frames[0], Hello) and frames[0].sender == index and frames[0].cluster == cluster.name,
+            f"{where}: the daemon did not open with its hello: {frames}",
+        )
+        if kind == "silent":
+            harness.check(len(frames) == 1, f"{where}: unexpected frames {frames}")
+        else:
+            harness.check(
+                len(frames) == 2 and isinstance(frames[1], Refuse) and frames[1].reason is RefuseReason.PROTOCOL_ERROR,
+                f"{where}: expected a PROTOCOL_ERROR refusal after the hello, got {frames}",
+            )
+    closing = {kind: max(results[i, kind][2] for i in range(cluster.size)) for kind in INTRUDERS}
+    print("\nintruders closed after at most " + ", ".join(f"{kind} {took:.3f}s" for kind, took in closing.items()))
+    for watch in watches:
+        bad = watch.of(*DISTURBANCES)
+        harness.check(not bad, f"intruders disturbed the mesh at {watch.address}: {bad}")
+    for daemon, status in zip(daemons, statuses, strict=True):
+        harness.check(is_ready(status, 1), f"{daemon.name} left ready: {status}")
+        for peer in status["peers"]:
+            harness.check(peer["connects"] == 1, f"{daemon.name}: link to {peer['index']} reconnected: {peer}")
