@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -15,11 +15,30 @@ WATCH_BUFFER = 256
 DRAIN_POLL = 0.01
 
 
+class Watcher:
+    """One watcher's events, in order. An event counts as delivered once the watcher asks for the next one (its
+    loop body, e.g. sending it over the websocket, is done): ``EventBus.drained`` waits for that."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[MeshEvent]) -> None:
+        self._receive = receive
+        self.busy = False  # an event is taken and not yet handled
+
+    @property
+    def pending(self) -> bool:
+        return self.busy or self._receive.statistics().current_buffer_used > 0
+
+    async def __aiter__(self) -> AsyncIterator[MeshEvent]:
+        async for event in self._receive:
+            self.busy = True
+            yield event
+            self.busy = False
+
+
 class EventBus:
     """Publishes each event to every watcher (a bounded channel) and every observer (a synchronous callback)."""
 
     def __init__(self) -> None:
-        self._watchers: set[trio.MemorySendChannel[MeshEvent]] = set()
+        self._watchers: dict[trio.MemorySendChannel[MeshEvent], Watcher] = {}
         self._observers: list[Callable[[MeshEvent], None]] = []
 
     def observe(self, observer: Callable[[MeshEvent], None]) -> None:
@@ -33,21 +52,22 @@ class EventBus:
             try:
                 channel.send_nowait(event)
             except (trio.WouldBlock, trio.BrokenResourceError):
-                self._watchers.discard(channel)
+                self._watchers.pop(channel, None)
                 channel.close()
 
     async def drained(self) -> None:
-        """Return once every watcher has taken every event published so far."""
-        while any(channel.statistics().current_buffer_used for channel in self._watchers):
+        """Return once every watcher has handled every event published so far (see ``Watcher``)."""
+        while any(watcher.pending for watcher in self._watchers.values()):
             await trio.sleep(DRAIN_POLL)
 
     @contextmanager
-    def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[MeshEvent]]:
+    def subscribe(self) -> Iterator[Watcher]:
         send, receive = trio.open_memory_channel[MeshEvent](WATCH_BUFFER)
-        self._watchers.add(send)
+        watcher = Watcher(receive)
+        self._watchers[send] = watcher
         try:
             with receive:
-                yield receive
+                yield watcher
         finally:
-            self._watchers.discard(send)
+            self._watchers.pop(send, None)
             send.close()

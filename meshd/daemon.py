@@ -135,6 +135,7 @@ class Daemon:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
+        self._worker_reported = trio.Event()  # its worker_exited event is published
         worker = config.worker
         self.data = (
             DataPlane(
@@ -243,6 +244,7 @@ class Daemon:
         self._publish(
             WorkerExited(time=self._now(), index=me.index, pid=self.worker.pid, epoch=epoch, exit=code, reason=reason)
         )
+        self._worker_reported.set()
         if self.model.exit is None:
             await self.stop(f"the worker exited: {reason}", ExitCode.OK if code == 0 else ExitCode.WORKER_FAILED)
 
@@ -375,14 +377,23 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for link in self.links.values():
                     nursery.start_soon(link.close, reason)
+        await self._leave()
         self._scope.cancel()
 
     async def _exit_after_watchers_drained(self) -> None:
-        """The end of a fence: let watchers take the "fenced" event (bounded), linger a moment, end everything."""
-        with trio.move_on_after(DRAIN_LIMIT):
-            await self.bus.drained()
+        """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), a moment's linger."""
+        await self._leave()
         await trio.sleep(FENCE_LINGER)
         self._scope.cancel()
+
+    async def _leave(self) -> None:
+        """Before the process ends: its worker stopped, reaped and reported, then the watchers drained (bounded)."""
+        if self.worker is not None and self.worker.status.state is not None:
+            await self.worker.stop(self.model.exit_reason or "the daemon ends")
+            with trio.move_on_after(DRAIN_LIMIT):
+                await self._worker_reported.wait()
+        with trio.move_on_after(DRAIN_LIMIT):
+            await self.bus.drained()
 
     async def _accept_all(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
         with self._accepting:

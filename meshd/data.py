@@ -32,6 +32,7 @@ from meshd.core.wire import (
     DataHello,
     FrameDecoder,
     Refuse,
+    RefuseReason,
     encode,
 )
 from meshd.errors import RemoteProtocolError
@@ -81,6 +82,7 @@ class DataPlane:
         self._streams: dict[int, tuple[int, trio.abc.Stream]] = {}  # peer -> (its incarnation, the connection)
         self._dials: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._handed = False  # the connections went to the worker: none is made or taken any more
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -97,8 +99,8 @@ class DataPlane:
         """The control link to ``peer`` (``incarnation``) is up in our generation: the lower index dials its data
         connection, unless one to that incarnation exists."""
         held = self._streams.get(peer)
-        if held is not None and held[0] == incarnation:
-            return
+        if self._handed or (held is not None and held[0] == incarnation):
+            return  # handed over: the generation is final, its worker holds its connections
         self._drop(peer)
         if dials_data(self._me().index, peer) and self._nursery is not None:
             scope = trio.CancelScope()
@@ -120,6 +122,8 @@ class DataPlane:
             await stream.aclose()
             return
         answer = judge_data(hello, self._me(), self._holder(hello.sender))
+        if self._handed and isinstance(answer, Accept):  # the worker holds this generation's connections
+            answer = Refuse(RefuseReason.RETIRED, self._me().epoch, "the data connections are handed over")
         try:
             await stream.send_all(encode(answer))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -197,6 +201,7 @@ class DataPlane:
             handed[peer] = copy
             _close(stream)
         self._streams.clear()
+        self._handed = True
         return handed
 
     def close(self) -> None:

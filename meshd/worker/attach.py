@@ -43,6 +43,7 @@ class AttachedWorker:
         self._closed = trio.Event()
         self._exit: int | None = None
         self._told = False  # the end of the generation was written
+        self._following = False  # a task of ours reads the worker's lines
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -83,9 +84,13 @@ class AttachedWorker:
 
     async def _follow(self, reader: _Lines) -> None:
         """The attached worker's lines until it closes its end: an exit line says how it ended."""
-        while (message := await reader.next()) is not None:
-            if isinstance(message, dict) and message.get("op") == "exit" and isinstance(message.get("code"), int):
-                self._exit = message["code"]
+        self._following = True
+        try:
+            while (message := await reader.next()) is not None:
+                if isinstance(message, dict) and message.get("op") == "exit" and isinstance(message.get("code"), int):
+                    self._exit = message["code"]
+        finally:
+            self._following = False
         self._closed.set()
         self._changed()
 
@@ -122,8 +127,11 @@ class AttachedWorker:
         if not self._told:
             await self._tell(reason)
         with trio.move_on_after(self.stop_grace), contextlib.suppress(OSError):
-            while not self._closed.is_set() and await self._conn.recv(4096):
-                pass  # the daemon's tasks are over: read to the worker's end here
+            if self._following:
+                await self._closed.wait()
+            else:
+                while not self._closed.is_set() and await self._conn.recv(4096):
+                    pass  # the daemon's tasks are over: read to the worker's end here
         self._conn.close()
 
     async def _tell(self, reason: str) -> None:

@@ -32,6 +32,7 @@ class WorkerProcess:
         self.status = WorkerStatus()
         self._process: subprocess.Popen[bytes] | None = None
         self._exited = trio.Event()
+        self._terminated_at: float | None = None  # when SIGTERM was sent (once: stop_grace counts from it)
         libc_prctl()  # loaded now, before any fork
 
     @property
@@ -71,7 +72,8 @@ class WorkerProcess:
 
     def terminate(self, reason: str) -> None:
         """Ask the worker to end (SIGTERM): the daemon leaves its generation (``reason``: the daemon's log says it)."""
-        if self._process is not None and self._process.returncode is None and not self._exited.is_set():
+        if self._process is not None and self._terminated_at is None and not self._exited.is_set():
+            self._terminated_at = trio.current_time()
             self.status = WorkerStatus(self.pid, WorkerState.STOPPING, self.status.started, None, self.status.epoch)
             self._signal(signal.SIGTERM)
 
@@ -80,7 +82,7 @@ class WorkerProcess:
         if self._process is None:
             return
         self.terminate(reason)
-        with trio.move_on_after(self.stop_grace):
+        with trio.move_on_at((self._terminated_at or trio.current_time()) + self.stop_grace):
             await self._reaped()
         if self._process.returncode is None:
             self._signal(signal.SIGKILL)
