@@ -63,7 +63,8 @@ def _epoch(text: str) -> int | EpochMode:
     return int(text)
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
     try:
         value = float(text)
     except ValueError as exc:
@@ -73,7 +74,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
+    """An argparse type: a positive integer."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
@@ -105,15 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--admin", type=_address, default=DEFAULT_ADMIN, help=f"default {DEFAULT_ADMIN}")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        sub.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_help)
+        sub.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_help)
 
     cluster = commands.add_parser("cluster", help="run a local cluster with a controller that restarts crashed daemons")
-    cluster.add_argument("--size", type=_count, required=True, help="number of daemons")
+    cluster.add_argument("--size", type=count, required=True, help="number of daemons")
     cluster.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help="every daemon's worker (last)")
     cluster.add_argument("--base-port", type=int, default=7000, help="mesh ports are P..P+N-1 (default 7000)")
     cluster.add_argument("--admin-base-port", type=int, default=7100, help="admin ports (default 7100)")
-    cluster.add_argument("--chaos", type=_seconds, metavar="SECONDS", help="kill -9 a random daemon every SECONDS")
-    cluster.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after SECONDS (default: Ctrl-C)")
+    cluster.add_argument("--chaos", type=seconds, metavar="SECONDS", help="kill -9 a random daemon every SECONDS")
+    cluster.add_argument("--duration", type=seconds, metavar="SECONDS", help="stop after SECONDS (default: Ctrl-C)")
     cluster.add_argument("--seed", type=int, help="seed of the chaos victim choice")
     cluster.add_argument("--auto", action="store_true", help="run the daemons with --epoch auto (no controller epochs)")
     cluster.add_argument(

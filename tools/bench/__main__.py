@@ -15,7 +15,9 @@ Every figure is printed as a markdown-style table with its target and the load a
    on ``meshd.cluster``'s controller);
 5. detection of a SIGSTOPped daemon against the heartbeat timeout (``tools.bench.faults``);
 6. gloo under the same faults (``tools.bench.gloo``);
-7. the deterministic simulation: many seeds per cluster size, virtual time to converge (``tools.bench.sim``).
+7. the deterministic simulation: many seeds per cluster size, virtual time to converge (``tools.bench.sim``);
+8. hand-off to the worker (``tools.bench.handoff``): mesh ready -> the ``--exec`` worker holds every data socket,
+   and an all-to-all (examples/alltoall.py) through meshd's handed sockets vs sockets the workers formed without it.
 
 Every wait is bounded; a failed run prints the daemons' logs. Every process is killed between runs and on exit.
 """
@@ -41,11 +43,12 @@ from typing import Any
 import trio
 
 from meshd.admin import client as admin
+from meshd.cli import count, seconds
 from meshd.cluster.spawn import write_config
 from meshd.core.address import Address
 from meshd.core.status import MeshState, Status
 from meshd.sim.campaign import Summary
-from tools.bench import faults, gloo, sim
+from tools.bench import faults, gloo, handoff, sim
 from tools.bench.common import (
     CLOCK_TICKS,
     HOST,
@@ -77,7 +80,7 @@ TARGET_IDLE_CPU = 1.0  # percent of one core
 TARGET_RSS = 50.0  # MiB
 # Timeouts of the formation meshes. meshd's defaults (1 s handshake and heartbeat timeout) suit a real network, but
 # Every part, in the order they run; --only picks some.
-PARTS = ("start", "formation", "idle", "recovery", "detection", "gloo", "sim")
+PARTS = ("start", "formation", "idle", "recovery", "detection", "gloo", "sim", "handoff")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,22 +266,6 @@ def sizes(text: str) -> list[int]:
     return values
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
 def parts(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [part for part in chosen if part not in PARTS]
@@ -302,6 +289,9 @@ FULL: dict[str, Any] = {
     "gloo_kills": 3,
     "sim_sizes": list(sim.SIZES),
     "sim_seeds": sim.SEEDS,
+    "handoff_sizes": [4, 8, 16],
+    "handoff_runs": 3,
+    "exchange_repeats": 4,
 }
 QUICK: dict[str, Any] = {
     "sizes": [2, 4, 8],
@@ -317,6 +307,9 @@ QUICK: dict[str, Any] = {
     "gloo_kills": 1,
     "sim_sizes": [3, 8],
     "sim_seeds": 20,
+    "handoff_sizes": [4],
+    "handoff_runs": 3,
+    "exchange_repeats": 3,
 }
 
 
@@ -332,19 +325,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="fast smoke run: small sizes, few repeats")
     parser.add_argument("--sizes", type=sizes, help="meshd formation sizes (default 2,4,8,16,32,64)")
-    parser.add_argument("--repeats", type=positive_int, help="meshd formation repetitions per size (default 3)")
-    parser.add_argument("--starts", type=positive_int, help="start-to-listening runs (default 10)")
-    parser.add_argument("--idle", type=positive_float, metavar="SECONDS", help="idle measurement period (default 10)")
-    parser.add_argument("--idle-size", type=positive_int, default=16, help="daemons in the idle mesh (default 16)")
-    parser.add_argument("--recovery-size", type=positive_int, help="daemons of the recovery and detection clusters (8)")
-    parser.add_argument("--kill-one", type=positive_int, help="kill -9 of one daemon, faults per epoch mode (100)")
-    parser.add_argument("--kill-all", type=positive_int, help="kill -9 of all daemons, faults per epoch mode (10)")
-    parser.add_argument("--detections", type=positive_int, help="SIGSTOP detection runs (default 5)")
+    parser.add_argument("--repeats", type=count, help="meshd formation repetitions per size (default 3)")
+    parser.add_argument("--starts", type=count, help="start-to-listening runs (default 10)")
+    parser.add_argument("--idle", type=seconds, metavar="SECONDS", help="idle measurement period (default 10)")
+    parser.add_argument("--idle-size", type=count, default=16, help="daemons in the idle mesh (default 16)")
+    parser.add_argument("--recovery-size", type=count, help="daemons of the recovery and detection clusters (8)")
+    parser.add_argument("--kill-one", type=count, help="kill -9 of one daemon, faults per epoch mode (100)")
+    parser.add_argument("--kill-all", type=count, help="kill -9 of all daemons, faults per epoch mode (10)")
+    parser.add_argument("--detections", type=count, help="SIGSTOP detection runs (default 5)")
     parser.add_argument("--gloo-sizes", type=sizes, help="gloo formation sizes (default 2,4,8,16,32: ~250 MiB a rank)")
-    parser.add_argument("--gloo-repeats", type=positive_int, help="gloo formation repetitions per size (default 1)")
-    parser.add_argument("--gloo-kills", type=positive_int, help="gloo kill-one trials, each bounded at 30 s (3)")
+    parser.add_argument("--gloo-repeats", type=count, help="gloo formation repetitions per size (default 1)")
+    parser.add_argument("--gloo-kills", type=count, help="gloo kill-one trials, each bounded at 30 s (3)")
     parser.add_argument("--sim-sizes", type=sizes, help="simulated cluster sizes (default 3,8,16)")
-    parser.add_argument("--sim-seeds", type=positive_int, help="simulation seeds per size (default 10000)")
+    parser.add_argument("--sim-seeds", type=count, help="simulation seeds per size (default 10000)")
+    parser.add_argument("--handoff-sizes", type=sizes, help="hand-off and all-to-all cluster sizes (default 4,8,16)")
+    parser.add_argument("--handoff-runs", type=count, help="hand-off latency runs per size (default 3)")
+    parser.add_argument("--exchange-repeats", type=count, help="all-to-all runs per size and way (default 4)")
     parser.add_argument("--seed", type=int, help="seed of the port and victim choices")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -368,6 +364,9 @@ class Results:
     gloo_kills: list[gloo.GlooKill] = field(default_factory=list)
     gloo_detection: gloo.GlooDetection | None = None
     sim: list[tuple[Summary, float]] = field(default_factory=list)
+    handoff: list[handoff.Handoff] = field(default_factory=list)
+    python_start: list[float] = field(default_factory=list)
+    exchange: list[handoff.Exchange] = field(default_factory=list)
 
     def sections(self, args: argparse.Namespace) -> list[str]:
         found = []
@@ -386,6 +385,8 @@ class Results:
             found.append(gloo.report_gloo(self.gloo_kills, args.recovery_size, self.gloo_detection))
         if self.sim:
             found.append(sim.report_sim(self.sim))
+        if self.handoff or self.exchange:
+            found.append(handoff.report_handoff(self.handoff, self.python_start, self.exchange))
         return found
 
 
@@ -412,6 +413,12 @@ def measure(args: argparse.Namespace, results: Results, lab: Lab) -> None:
             results.gloo_detection = gloo.bench_detection(lab, args.recovery_size, args.seed)
     if "sim" in args.only:
         results.sim = sim.bench_sim(args.sim_sizes, args.sim_seeds)
+    if "handoff" in args.only:
+        results.python_start = handoff.python_start(lab, args.handoff_runs * 2)
+        for size in args.handoff_sizes:
+            results.handoff.append(handoff.bench_handoff(lab, size, args.handoff_runs))
+        for size in args.handoff_sizes:
+            results.exchange.append(handoff.bench_exchange(lab, size, args.exchange_repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
