@@ -1,42 +1,88 @@
 /*
- * meshd's start-up and recovery protocol, 3 processes (slots 0..2), as a Promela model for spin.
- * How to run it and what each property means: README.md next to this file; scripts/check-model runs every check.
+ * meshd's protocol v2 as a Promela model for spin: N slots (2 or 3), both epoch modes, crashes, zombies, ghost
+ * hellos, link timeouts and retry loops. How to run it and what each property means: README.md next to this file;
+ * scripts/check-model runs every check.
+ *
+ * The deciding rules are NOT written here: judge, conclude and move come from rules.pml, which
+ * `python -m meshd.explore.tables` generates from the code (meshd/core/hello.py, MeshModel.judge), and a test
+ * fails when it differs from what the code decides. This file is the mechanics around them, modelled on
+ * meshd/core/mesh.py (MeshModel: judge, conclude, link_ended, view_received, _announce, _reevaluate, _move) and
+ * meshd/core/slot.py (Slot.offer, release), and on meshd/explore (world.py, steps.py), which runs the real code.
  *
  * Compile-time switches (spin -DNAME ...):
- *   FIXED        fixed epochs from a controller (--epoch E); default: self-minted generations (--epoch auto)
- *   BRIEF_RULES  the first design (commit 499a4a3): a process's membership is fixed only when it seals (first
- *                ready), and a link going down leaves the view unchanged; default: the rules of the code
- *                (docs/design.md R1-R6): write-once membership from the first link of each slot, views name only
- *                up links
- *   NOBUMP       with FIXED: a controller that restarts a dead process with the same epoch (breaks assumption A4)
- *   MAXF=n       faults in total (crash, pause, loss of one end of a link), after which none (default 2)
- *   SYM          symmetry reduction: every step ends by renaming the slots into a standard order (see canonical)
- *   NOLOSS       no link-loss faults
- *   NOPAUSE      no pauses
+ *   N=2|3        slots (default 2)
+ *   CELLS=1|2    process records per slot (default 2 with ZOMBIE, else 1): with 2, a replacement can start while
+ *                the old incarnation still runs (ZOMBIE) or while a ghost hello of the dead one is still queued
+ *   FIXED        fixed epochs from a controller (R6): a process that died is replaced in a new epoch, one that
+ *                exited 75 in the current epoch; default: self-minted generations (--epoch auto)
+ *   NOBUMP       with FIXED: the controller restarts a dead process in the same epoch (breaks A4; S4 must fail)
+ *   MAXF=n       faults in total (default 1), after which none
+ *   NOKILL       no kill -9 faults;   ZOMBIE  zombie faults (the orchestrator replaces a live process, which runs
+ *                on and dies later);  ONEZOMBIE  at most one of them;  NOLOSS  no link timeouts
+ *   ZSLOT=s, KSLOT=s  zombies only of slot s, kills only of slot s (finding 1's configuration)
+ *   VQ=n         VIEW frames in flight per direction (default 3 * N - 3; an assertion says when it is too small)
+ *   KMAX=n       the gap choices of a mint are 0..KMAX (default 3), RG=n  ready generations remembered (default
+ *                3): assertions say when either is too small
+ * Mutations that revert one rule of the fix of the first design (docs/design.md §8, meshd/sim/variants.py); each
+ * overrides the tables of rules.pml, or the mechanics, after the #include:
+ *   NO_LEAVE         (Action.LEAVE, any answer) -> NOTHING and (LEAVE, SEALED) -> STAY: the refusing end of an
+ *                    equal-epoch conflict never leaves its generation
+ *   NO_CONSENT       (FOLLOW, SEALED) -> ADOPT: a newer generation is joined although it holds our slot
+ *   FULL_VIEWS_ONLY  views go out only when full: a link down is not announced to the other peers
+ *   HELLO_ALONE      (FOLLOW, no answer) -> ADOPT, (LEAVE, no answer) -> LEAVE: a ghost hello decides
+ *   FIRST_DESIGN     all four
  *
- * Abstractions (the decision rules are the code's, the mechanics are coarse):
- * - A handshake between two running processes is one atomic step: both ends judge both hellos.
- * - A connection is reliable and FIFO until one end drops it (TCP): a VIEW frame is lost only with its connection.
- *   The frame queue of each direction holds 2 frames; a third send replaces the second (frames are built when they
- *   are sent, so the latest view always wins).
- * - Generations are abstracted by their order: gen[] holds the rank of each live process's generation (1 = oldest
- *   live one) and is renumbered after every change. A birth mints a generation at any position among the live ones
- *   (the wall clock may be anywhere); minting above g puts it at any position above g. Generations are unique
- *   (the 64-bit nonce), so a new one never equals a live one. No frame needs to carry a generation: an end of a
- *   connection exists only in the generation in which the connection was accepted (a generation change drops every
- *   link in the same step), so every VIEW that arrives is of the receiver's generation.
- * - Incarnations are numbered per slot: 1, 2, ... (the real ones are random 64-bit ids; only equality matters).
- *   Processes are named slot.incarnation in the printed trails (spin -t): 1.2 is the second process of slot 1;
- *   "gen" is the epoch (fixed), or the rank of the generation among the live ones at that moment (auto: ranks
- *   shift when generations appear or disappear).
+ * Abstractions (the rules are the code's; the mechanics are coarse):
+ * - No time: a timeout, a back-off, a restart delay is a step that may happen at any moment. Retry loops retry for
+ *   ever (back-off abstracted): a process dials a peer process whenever it has no link to that peer's slot.
+ * - Processes live in cells (CELLS per slot); a slot's process is reborn in a free cell (dead, every connection
+ *   of it finished at both ends). Incarnations are numbered per slot 1..7 (the real ones are random 64-bit ids;
+ *   only equality matters); a slot is started at most 7 times (more would be a restart loop: liveness fails).
+ * - Connections: one record per pair of cells of different slots; a dial opens it when both ends are closed
+ *   (either end may dial: who dialed matters only to the tie-break of crossed dials, which is not modelled and is
+ *   unit-tested, tests/test_slot.py). Each direction is a FIFO: the hello, then the answer, then VIEW frames, then
+ *   the end of stream (what TCP delivers in order). A process that ends (kill, exit 75) closes its ends: what it
+ *   sent is still delivered, so its hello may be judged after its death (a ghost hello) and its answer never
+ *   arrives (ANS_NONE). Byte formats, heartbeats and refusal texts are not modelled; a frame refusing an offered
+ *   link (slot RETIRED) is modelled as the close it causes.
+ * - Generations (auto) are their order: g[] holds the rank of every generation the state refers to (processes,
+ *   hellos in flight, a mint's floor) and is renumbered after every step. A birth mints at any position, a mint
+ *   above a floor at any position above it (what an arbitrary wall clock allows); generations are unique (the
+ *   nonce). VIEW frames carry no generation: a link end exists only in the generation it was accepted in (a move
+ *   drops every link in the same step), so every VIEW read on a link is of the reader's generation.
+ *
+ * Processes are printed slot.incarnation in trails (spin -t): 1.2 is the second process of slot 1; "gen" is the
+ * rank of the generation at that moment (auto) or the epoch (fixed).
  */
 
-#define N 3
-#define IX(p, q) ((p) * N + (q))                              /* p's end of the link to q */
-#define CH(p, q) ((p) * 2 + (q) - ((q) > (p)))               /* frames from p to q */
+#include "rules.pml"
 
+#ifndef N
+#define N 2
+#endif
+#if N < 2 || N > 3
+#error "N is 2 or 3"
+#endif
+#ifndef CELLS
+#ifdef ZOMBIE
+#define CELLS 2
+#else
+#define CELLS 1
+#endif
+#endif
 #ifndef MAXF
-#define MAXF 2
+#define MAXF 1
+#endif
+#ifndef VQ
+#define VQ (3 * N - 3)
+#endif
+#define ICAP 7
+
+#ifdef FIRST_DESIGN
+#define NO_LEAVE
+#define NO_CONSENT
+#define FULL_VIEWS_ONLY
+#define HELLO_ALONE
 #endif
 
 #ifdef FIXED
@@ -45,556 +91,899 @@
 #define AUTO 1
 #endif
 
-/* per process */
-bool alive[N];
-bool paused[N];
-byte inc[N];          /* current incarnation of each slot (0: never started) */
-byte gen[N];          /* auto: rank of its generation among the live ones; fixed: the controller epoch */
-bool sealed[N];       /* was ready in its generation (auto: R4, it fences instead of adopting; fixed: recorded only) */
-byte rview[N * N];       /* ghost: rview[IX(p,s)], p's view when it first became ready (for S4) */
-byte mem[N * N];      /* auto: mem[IX(p,s)], p's members: the incarnation of slot s admitted in p's generation */
-byte fences[N];       /* exits 75 of each slot, all incarnations together */
-bool crashed[N];      /* fixed: died (rather than fenced): the controller restarts it with a new epoch */
+#define NP (N * CELLS)                       /* cells */
+#define NR ((N * (N - 1) / 2) * CELLS * CELLS)   /* connection records */
+#define NE (2 * NR)                          /* record ends */
+#ifndef RG
+#define RG 3                                 /* ghost entries: generations that have been ready (S4) */
+#endif
+#define NG (NP + NE + 1 + RG)                /* generation entries: cells, hellos, a mint's floor, ready ones */
 
-/* per link end */
-bool up[N * N];       /* p's end of the link to q is installed */
-byte linc[N * N];     /* the incarnation of q that p's end is linked to (BRIEF_RULES: the last one, kept when down) */
-bool lvalid[N * N];   /* p has received a VIEW on its current link to q */
-byte lview[N * N * N];/* lview[IX(p,q)*N+s]: that VIEW, slot by slot */
-bool refd[N * N];     /* p's end of the link to q is installed but q refused p with SEALED: p reads it next */
+#define SL(c) ((c) / CELLS)                  /* the slot of cell c */
+#define CS(c, s) ((c) * N + (s))             /* cell c's entry for slot s */
+/* records: slot pair (0,1) -> 0, (0,2) -> 1, (1,2) -> 2; end 0 is the cell of the lower slot */
+#define RPS(r) ((r) / (CELLS * CELLS))
+#define RLO(r) ((RPS(r) == 2) * CELLS + ((r) % (CELLS * CELLS)) / CELLS)
+#define RHI(r) ((1 + (RPS(r) > 0)) * CELLS + (r) % CELLS)
+#define ECELL(e) (((e) % 2) == 0 -> RLO((e) / 2) : RHI((e) / 2))
+#define RECL(i, j) ((SL(i) + SL(j) - 1) * CELLS * CELLS + ((i) % CELLS) * CELLS + (j) % CELLS)  /* SL(i) < SL(j) */
+#define REC(i, j) (SL(i) < SL(j) -> RECL(i, j) : RECL(j, i))
+#define END(i, j) (2 * REC(i, j) + (SL(i) > SL(j)))     /* cell i's end of its record with cell j */
+#define HEP(e) g[NP + (e)]                   /* the epoch of the hello sent to end e */
+#define MFL g[NP + NE]                       /* the floor of a mint */
+#define RGV(k) g[NP + NE + 1 + (k)]           /* ghost: a generation some process has been ready in */
 
-chan vch[6] = [2] of { byte, byte, byte };   /* VIEW frames in flight, per direction */
+/* ----- state ----- */
 
-byte faults;          /* faults injected so far */
-byte crashes;         /* of which crashes */
-byte ctl = 1;         /* fixed: the controller's current epoch */
+/* per cell */
+bool alive[NP];
+bool zb[NP];          /* a zombie: the orchestrator replaced it; it runs on until it dies */
+byte cinc[NP];        /* its incarnation (kept after death while its hellos may still be read) */
+byte g[NG];           /* epochs: g[c] of cell c (0 when dead), HEP(e) of hellos, MFL; auto: ranks, fixed: epochs */
+bool sealed[NP];      /* auto: ready in its generation while every peer's VIEW said ready (R4) */
+bool rd[NP];          /* state READY (MeshModel.state is READY) */
+bool sf[NP];          /* sent_full: our last VIEW sent was full */
+byte bf[NP];          /* ghost: bit k set, RGV(k) was ready before this process started (S4) */
+/* per cell and slot */
+byte mem[NP * N];     /* auto: members, the incarnation accepted in each slot in our generation (write-once) */
+byte cur[NP * N];     /* our link in that slot: the far cell + 1 (0: none); row UP iff cur != 0 */
+byte sinc[NP * N];    /* Slot.incarnation: the peer incarnation that last held the link */
+byte sret[NP * N];    /* Slot.retired: bit i set, incarnation i replaced while the replacement holds the link */
+bool vv[NP * N];      /* a VIEW was received on the current link ... */
+short vw[NP * N];     /* ... this one: incarnations 3 bits per slot, + 512 if ready */
+/* per record end: its phase and what is in flight to it (hello, answer, VIEWs, end of stream, in that order) */
+byte ph[NE];          /* 0 closed, 1 awaiting the peer's hello, 2 awaiting its answer, 3 link */
+byte act[NE];         /* the action pending from our judgement */
+bool mv[NE];          /* our process moved to another generation since it sent its hello here */
+bool hh[NE];          /* the peer's hello is in flight (its epoch: HEP, its incarnation: the far cell's) */
+byte ha[NE];          /* the peer's answer in flight: ANS_x + 1, 0 none */
+bool he[NE];          /* the end of stream is in flight */
+byte vqn[NE];
+short vq[NE * VQ];
+/* the orchestrator, the faults, the controller */
+byte curc[N];         /* the orchestrator's process of each slot: cell + 1 (0: to start) */
+byte binc[N];         /* incarnations started per slot */
+byte fences[N];       /* exits 75 per slot, zombies' exits not counted (a zombie is the fault) */
+byte faults;
+byte ctl = 1;         /* fixed: the controller's newest epoch */
+byte bumps;           /* fixed: how often it gave a new epoch */
+bool zever;           /* a zombie existed in this run: A5 broken, S2 and S4 not claimed */
 
-/* READY(p), recomputed at the end of every step for the properties (a function of the state: no extra states) */
-byte rdy[N];
+/* derived at the end of every step (functions of the state: no extra states) */
+byte freec[N];        /* a free cell of each slot + 1 */
+byte gmax;            /* the largest generation rank */
+bool allr;            /* the liveness goal, see ALL_READY below */
 
-/* scratch variables of a step; every step ends by zeroing them (they are not hidden: a hidden variable is not
-   restored when the search backtracks over a d_step, and reading one there gives unreachable states) */
-byte t0, t1, t2, u0, u1, u2, hi, hj, hk, hn, hr;
-byte rk[N];
+/* scratch, zeroed at the end of every step (not hidden: see the note in done) */
+byte xc, xd, xe, xsl, xi, xg, xrel, xh, xq, xf, xa, xt, xo, xw, xk;
+byte cf, sd, se, sa, dl, dd, pm, rn, rv1, rr, rf, ka, kb, ks, kd, ke;
+short xv;
 
-/* p's view, slot s (linc[IX(p,p)] stays 0) */
-#define V(p, s) (linc[IX(p, s)] + ((s) == (p)) * inc[p])
-#define LV(p, q, s) lview[IX(p, q) * N + (s)]
-#define AGREES(p, q) (up[IX(p, q)] && lvalid[IX(p, q)] && \
-        LV(p, q, 0) == V(p, 0) && LV(p, q, 1) == V(p, 1) && LV(p, q, 2) == V(p, 2))
-/* R3: ready iff every link is up and the last VIEW on each equals our own view */
-#define READY(p) (alive[p] && AGREES(p, ((p) + 1) % N) && AGREES(p, ((p) + 2) % N))
+/* ----- views ----- */
 
-/* an established link: both ends installed, each naming the other's current incarnation */
-#define EST(p, q) (alive[p] && alive[q] && up[IX(p, q)] && up[IX(q, p)] && \
-        linc[IX(p, q)] == inc[q] && linc[IX(q, p)] == inc[p])
-/* p's end of its link to q is dead: q died or restarted, closed its end, or is paused (p times out) */
-#define BROKEN(p, q) (!alive[q] || inc[q] != linc[IX(p, q)] || !up[IX(q, p)] || paused[q])
-
-#define SAMEVIEW(p, r) (V(p, 0) == V(r, 0) && V(p, 1) == V(r, 1) && V(p, 2) == V(r, 2))
-#define S1(p, q) (!EST(p, q) || gen[p] == gen[q])
-#define S2(p, r) (!(rdy[p] && rdy[r] && gen[p] == gen[r]) || SAMEVIEW(p, r))
-#define S3(p, q) (!(rdy[p] && EST(p, q)) || gen[q] <= gen[p])
-#define SAMESV(p, r) (rview[IX(p, 0)] == V(r, 0) && rview[IX(p, 1)] == V(r, 1) && rview[IX(p, 2)] == V(r, 2))
-#define S4(p, r) (!(sealed[p] && rdy[r] && gen[p] == gen[r]) || SAMESV(p, r))
-#define CURRENT(p) (V(p, 0) == inc[0] && V(p, 1) == inc[1] && V(p, 2) == inc[2])
-/* exits: a slot exits (75) at most once per crash (pauses and link losses cost no exit) */
-#define EXITS (fences[0] <= crashes && fences[1] <= crashes && fences[2] <= crashes)
-
-/* the safety properties, as one invariant (ltl safety below): S5 and the impossibility of some refusals are
-   assertions at the steps concerned */
-#define INV (S1(0, 1) && S1(0, 2) && S1(1, 2) && \
-        S2(0, 1) && S2(0, 2) && S2(1, 2) && \
-        S3(0, 1) && S3(0, 2) && S3(1, 0) && S3(1, 2) && S3(2, 0) && S3(2, 1) && \
-        S4(0, 0) && S4(0, 1) && S4(0, 2) && S4(1, 0) && S4(1, 1) && S4(1, 2) && S4(2, 0) && S4(2, 1) && S4(2, 2) && \
-        EXITS)
-
-/* the goal: all three alive, running, ready in one generation, each linked to the others' current incarnations */
-#define ALL_READY (rdy[0] && rdy[1] && rdy[2] && !paused[0] && !paused[1] && !paused[2] && \
-        gen[0] == gen[1] && gen[1] == gen[2] && CURRENT(0) && CURRENT(1) && CURRENT(2))
-
-#ifdef BRIEF_RULES
-#define KEEPV 1       /* the view keeps the incarnation last linked when a link goes down */
+#define VI(c, s) ((s) == SL(c) -> cinc[c] : (cur[CS(c, s)] != 0 -> cinc[cur[CS(c, s)] - 1] : 0))
+#define FULLS(c, s) ((s) == SL(c) || cur[CS(c, s)] != 0)
+#define AGS(c, s) ((s) == SL(c) || (cur[CS(c, s)] != 0 && vv[CS(c, s)] && vw[CS(c, s)] % 512 == VP(c)))
+#define RDS(c, s) ((s) == SL(c) || vw[CS(c, s)] / 512 == 1)
+#if N == 2
+#define VP(c) (VI(c, 0) + 8 * VI(c, 1))
+#define FULL(c) (FULLS(c, 0) && FULLS(c, 1))
+#define AGREED(c) (AGS(c, 0) && AGS(c, 1))
+#define ALLVR(c) (RDS(c, 0) && RDS(c, 1))
 #else
-#define KEEPV 0
+#define VP(c) (VI(c, 0) + 8 * VI(c, 1) + 64 * VI(c, 2))
+#define FULL(c) (FULLS(c, 0) && FULLS(c, 1) && FULLS(c, 2))
+#define AGREED(c) (AGS(c, 0) && AGS(c, 1) && AGS(c, 2))
+#define ALLVR(c) (RDS(c, 0) && RDS(c, 1) && RDS(c, 2))
 #endif
+#define VF(c) (VP(c) + 512 * rd[c])          /* our VIEW frame: the view and the ready flag */
 
-#ifdef FIXED
-#define ADMITS(p, q) true
-#elif defined(BRIEF_RULES)
-#define ADMITS(p, q) (!sealed[p] || mem[IX(p, q)] == inc[q])
+#define IDLE(r) (ph[2 * (r)] == 0 && ph[2 * (r) + 1] == 0)
+/* the gap choices of a step that may mint: every step that can mint is one d_step per choice k (the guard), so
+   that the choice is part of the step; a choice beyond the gaps there are is the last gap (the same successor) */
+#ifndef KMAX
+#define KMAX 3       /* 2, 3 or 4 */
+#endif
+#if KMAX == 2
+#define KCHOICES(M, a) M(a, 0) M(a, 1) M(a, 2)
+#elif KMAX == 3
+#define KCHOICES(M, a) M(a, 0) M(a, 1) M(a, 2) M(a, 3)
 #else
-/* R1/R2: write-once membership */
-#define ADMITS(p, q) (mem[IX(p, q)] == 0 || mem[IX(p, q)] == inc[q])
+#define KCHOICES(M, a) M(a, 0) M(a, 1) M(a, 2) M(a, 3) M(a, 4)
 #endif
+#define GAP(k) ((k) == 0 || (k) <= gmax)
 
-/* the end of every step: with -DSYM the slots renamed into the standard order (canonical), the derived rdy[],
-   and the scratch variables zeroed */
-inline done() {
-#ifdef SYM
-    c_code { canonical(); };
-#endif
-    rdy[0] = READY(0); rdy[1] = READY(1); rdy[2] = READY(2);
-    t0 = 0; t1 = 0; t2 = 0; u0 = 0; u1 = 0; u2 = 0; hi = 0; hj = 0; hk = 0; hn = 0; hr = 0;
-    rk[0] = 0; rk[1] = 0; rk[2] = 0
-}
+/* ----- the deciding rules: rules.pml, with the mutations applied on top ----- */
 
-#ifdef SYM
-/*
- * Symmetry reduction (-DSYM). No rule of the model depends on a slot's index (a handshake is judged the same from
- * both ends, faults and the orchestrator treat every slot alike, generations are ranks), so renaming the slots
- * maps runs to runs, and the properties (INV, ALL_READY) do not depend on the names. Every step therefore ends
- * by renaming the slots into a standard order (done()): sorted by a key of each slot's own state and a digest of
- * its links (ties keep their order, which costs reduction, not soundness). pan then stores one state for up to 6 renamings of it. Sound for the safety claim and for liveness
- * without fairness (-f ties fairness to the Node processes, which a renaming reassigns). Written in C, once:
- * pan undoes a d_step by restoring the whole state, so C code inside one is undone too. spin's simulator does not
- * run C code: replay a trail of a run without -DSYM.
- */
-c_code {
-#define SY_IX(p, q) ((p) * 3 + (q))
-#define SY_CH(p, q) ((p) * 2 + (q) - ((q) > (p)))
-
-static void
-sy_keys(int x, int *k1, int *k2)
-{	int y, s, n = 0;
-	*k1 = (((((now.alive[x] * 2 + now.paused[x]) * 2 + now.sealed[x]) * 8 + now.gen[x]) * 16 + now.inc[x]) * 4
-		+ now.fences[x]) * 2 + now.crashed[x];
-	*k2 = 0;
-	for (y = 0; y < 3; y++)
-	{	n += now.up[SY_IX(x, y)] + 3 * now.lvalid[SY_IX(x, y)] + 9 * now.refd[SY_IX(x, y)] + 27 * now.up[SY_IX(y, x)];
-		*k2 += now.linc[SY_IX(x, y)] + 7 * now.mem[SY_IX(x, y)] + 49 * now.lvalid[SY_IX(y, x)];
-		for (s = 0; s < 3; s++)
-			*k2 += 147 * now.lview[SY_IX(x, y) * 3 + s];
-		if (y != x)
-			*k2 += 4263 * q_len(now.vch[SY_CH(x, y)]);
-	}
-	*k1 = *k1 * 128 + n;
-}
-
-void
-canonical(void)
-{	int k1[3], k2[3], pm[3] = {0, 1, 2}, i, j, t, p, q, s, f, n;
-	uchar o_slot[7][3], o_pair[6][9], o_lview[27], fr[6][2][3], nfr[6];
-
-	for (i = 0; i < 3; i++)
-		sy_keys(i, &k1[i], &k2[i]);
-	for (i = 0; i < 3; i++)		/* sort slot numbers by key, stable */
-	for (j = 0; j < 2; j++)
-		if (k1[pm[j]] > k1[pm[j + 1]] || (k1[pm[j]] == k1[pm[j + 1]] && k2[pm[j]] > k2[pm[j + 1]]))
-		{	t = pm[j]; pm[j] = pm[j + 1]; pm[j + 1] = t;
-		}
-	if (pm[0] == 0 && pm[1] == 1)
-		return;			/* already in order */
-	/* new slot i is old slot pm[i] */
-	for (i = 0; i < 3; i++)
-	{	o_slot[0][i] = now.alive[i]; o_slot[1][i] = now.paused[i]; o_slot[2][i] = now.inc[i];
-		o_slot[3][i] = now.gen[i]; o_slot[4][i] = now.sealed[i]; o_slot[5][i] = now.fences[i];
-		o_slot[6][i] = now.crashed[i];
-	}
-	for (i = 0; i < 3; i++)
-	{	now.alive[i] = o_slot[0][pm[i]]; now.paused[i] = o_slot[1][pm[i]]; now.inc[i] = o_slot[2][pm[i]];
-		now.gen[i] = o_slot[3][pm[i]]; now.sealed[i] = o_slot[4][pm[i]]; now.fences[i] = o_slot[5][pm[i]];
-		now.crashed[i] = o_slot[6][pm[i]];
-	}
-	for (i = 0; i < 9; i++)
-	{	o_pair[0][i] = now.up[i]; o_pair[1][i] = now.linc[i]; o_pair[2][i] = now.lvalid[i];
-		o_pair[3][i] = now.refd[i]; o_pair[4][i] = now.mem[i]; o_pair[5][i] = now.rview[i];
-	}
-	for (i = 0; i < 27; i++)
-		o_lview[i] = now.lview[i];
-	for (p = 0; p < 3; p++)
-	for (q = 0; q < 3; q++)
-	{	i = SY_IX(p, q); j = SY_IX(pm[p], pm[q]);
-		now.up[i] = o_pair[0][j]; now.linc[i] = o_pair[1][j]; now.lvalid[i] = o_pair[2][j];
-		now.refd[i] = o_pair[3][j]; now.mem[i] = o_pair[4][j]; now.rview[i] = o_pair[5][j];
-		for (s = 0; s < 3; s++)
-			now.lview[i * 3 + s] = o_lview[j * 3 + pm[s]];
-	}
-	/* channels: empty all six (keeping their frames), refill each from its renamed source */
-	for (i = 0; i < 6; i++)
-	{	nfr[i] = q_len(now.vch[i]);
-		for (n = 0; n < nfr[i]; n++)
-			for (f = 0; f < 3; f++)
-				fr[i][n][f] = qrecv(now.vch[i], 0, f, f == 2);
-	}
-	for (p = 0; p < 3; p++)
-	for (q = 0; q < 3; q++)
-	{	if (p == q)
-			continue;
-		i = SY_CH(p, q); j = SY_CH(pm[p], pm[q]);
-		for (n = 0; n < nfr[j]; n++)
-			qsend(now.vch[i], 0, fr[j][n][pm[0]], fr[j][n][pm[1]], fr[j][n][pm[2]], 3);
-	}
-}
-}
-#endif
-
-inline flush(c) {
-    do
-    :: nempty(c) -> c?t0, t1, t2
-    :: empty(c) -> break
-    od
-}
-
-/* x sends its view to y on x's link to y; the frame is lost unless y's end of that connection is installed */
-inline send_view(x, y) {
+inline decide_conclusion(action, answer, outcome) {
+    conclude(action, answer, outcome);
+#ifdef NO_LEAVE
     if
-    :: up[IX(y, x)] && linc[IX(y, x)] == inc[x] ->
-        if
-        :: nfull(vch[CH(x, y)]) -> vch[CH(x, y)]!V(x, 0), V(x, 1), V(x, 2)
-        :: full(vch[CH(x, y)]) ->
-            vch[CH(x, y)]?t0, t1, t2; vch[CH(x, y)]?u0, u1, u2;
-            vch[CH(x, y)]!t0, t1, t2; vch[CH(x, y)]!V(x, 0), V(x, 1), V(x, 2)
-        fi
+    :: action == ACT_LEAVE -> outcome = OUT_NOTHING
+    :: else
+    fi;
+#endif
+#ifdef NO_CONSENT
+    if
+    :: action == ACT_FOLLOW && answer == ANS_SEALED -> outcome = OUT_ADOPT
+    :: else
+    fi;
+#endif
+#ifdef HELLO_ALONE
+    if
+    :: answer == ANS_NONE && action == ACT_FOLLOW -> outcome = OUT_ADOPT
+    :: answer == ANS_NONE && action == ACT_LEAVE -> outcome = OUT_LEAVE
+    :: else
+    fi;
+#endif
+    skip
+}
+
+inline decide_move(outcome, standing, what) {
+    move(outcome, standing, what);
+#ifdef NO_LEAVE
+    if
+    :: outcome == OUT_LEAVE && standing == STAND_SEALED -> what = MOVE_STAY
+    :: else
+    fi;
+#endif
+    skip
+}
+
+/* ----- mechanics ----- */
+
+/* end e closes (its process closes it, or ends): it reads nothing more; the far end reads the end of stream after
+   whatever is in flight to it */
+inline close_end(e) {
+    ph[e] = 0; act[e] = 0; mv[e] = 0; hh[e] = 0; HEP(e) = 0; ha[e] = 0; he[e] = 0;
+    cf = 0;
+    do
+    :: cf < VQ -> vq[(e) * VQ + cf] = 0; cf++
+    :: else -> break
+    od;
+    vqn[e] = 0;
+    cf = (e) ^ 1;
+    if
+    :: ph[cf] != 0 -> he[cf] = 1
     :: else
     fi
 }
 
-/* R3: x sends VIEW on all its up links */
-inline broadcast(x) {
-    hj = 0;
-    do
-    :: hj < N ->
+/* cell c sends its VIEW on its link in slot s (the frame is built when it goes out; a frame equal to the last one
+   queued is left out: reading it twice changes nothing) */
+inline send_view(c, s) {
+    sd = cur[CS(c, s)] - 1;
+    se = END(sd, c);
+    if
+    :: ph[se] != 0 ->
+        xv = VF(c);
         if
-        :: hj != x && up[IX(x, hj)] -> send_view(x, hj)
+        :: vqn[se] > 0 && vq[se * VQ + vqn[se] - 1] == xv -> skip
+        :: else ->
+            assert(vqn[se] < VQ);      /* VQ too small */
+            vq[se * VQ + vqn[se]] = xv; vqn[se]++
+        fi
+    :: else
+    fi;
+    xv = 0
+}
+
+inline send_all(c) {
+    sa = 0;
+    do
+    :: sa < N ->
+        if
+        :: sa != SL(c) && cur[CS(c, sa)] != 0 -> send_view(c, sa)
         :: else
         fi;
-        hj++
+        sa++
     :: else -> break
     od
 }
 
-inline clear_lview(x, y) {
-    lvalid[IX(x, y)] = 0; LV(x, y, 0) = 0; LV(x, y, 1) = 0; LV(x, y, 2) = 0
-}
-
-/* R4: first ready in its generation -> sealed (and the ghost rview records the view it was ready with) */
-inline reeval(x) {
+/* MeshModel._announce: our view goes to every up link when it is full, and once more when it stops being full */
+inline announce(c) {
     if
-    :: !sealed[x] && READY(x) ->
-        sealed[x] = 1;
-        printf("    %d.%d READY in gen %d with view [%d %d %d]\n", x, inc[x], gen[x], V(x, 0), V(x, 1), V(x, 2));
-        rview[IX(x, 0)] = V(x, 0); rview[IX(x, 1)] = V(x, 1); rview[IX(x, 2)] = V(x, 2);
-#ifdef BRIEF_RULES
-        mem[IX(x, 0)] = V(x, 0); mem[IX(x, 1)] = V(x, 1); mem[IX(x, 2)] = V(x, 2)
-#else
-        skip
+    :: FULL(c) -> sf[c] = 1; send_all(c)
+#ifndef FULL_VIEWS_ONLY
+    :: !FULL(c) && sf[c] -> sf[c] = 0; send_all(c)
 #endif
     :: else
     fi
 }
 
-/* x's end of its link to y goes down (EOF, reset, silence) */
-inline down(x, y) {
-    printf("%d.%d: link to %d.%d down\n", x, inc[x], y, linc[IX(x, y)]);
-    up[IX(x, y)] = 0; refd[IX(x, y)] = 0; clear_lview(x, y); flush(vch[CH(y, x)]);
-#ifndef BRIEF_RULES
-    linc[IX(x, y)] = 0;
-    broadcast(x);    /* the view changed: this slot is 0 now */
-#endif
-    reeval(x)
+/* ghost for S4: the generation of c has been ready */
+inline note_ready(c) {
+    rf = 0; rn = 0;
+    do
+    :: rn < RG -> rf = rf || RGV(rn) == g[c]; rn++
+    :: else -> break
+    od;
+    rn = 0;
+    do
+    :: !rf && rn < RG && RGV(rn) != 0 -> rn++
+    :: !rf && rn < RG && RGV(rn) == 0 -> RGV(rn) = g[c]; rf = 1
+    :: else -> break
+    od;
+    assert(rf);        /* RG too small */
+    rn = 0; rf = 0
 }
 
-/* x drops every link at once (its generation changed, or it exits); x's own frames in flight still arrive */
-inline drop_all(x, keep) {
-    hj = 0;
-    do
-    :: hj < N ->
+/* MeshModel._reevaluate (R4): ready on agreement; sealed once every peer's VIEW says ready too */
+inline reeval(c) {
+    if
+    :: AGREED(c) ->
         if
-        :: hj != x ->
+        :: !rd[c] ->
+            rd[c] = 1;
+            printf("    %d.%d READY in gen %d, view %d\n", SL(c), cinc[c], g[c], VP(c));
+            note_ready(c);
+            announce(c)
+        :: else
+        fi;
+        if
+        :: AUTO && !sealed[c] && ALLVR(c) -> sealed[c] = 1; printf("    %d.%d sealed\n", SL(c), cinc[c])
+        :: else
+        fi
+    :: else ->
+        if
+        :: rd[c] -> rd[c] = 0; announce(c)
+        :: else
+        fi
+    fi
+}
+
+/* MeshModel.link_ended for the current link of cell c in slot s (far cell d): Slot.release, row down */
+inline link_down(c, s, d) {
+    if
+    :: cur[CS(c, s)] == (d) + 1 ->
+        cur[CS(c, s)] = 0; sret[CS(c, s)] = 0; vv[CS(c, s)] = 0; vw[CS(c, s)] = 0;
+        announce(c); reeval(c)
+    :: else
+    fi
+}
+
+/* MeshModel._move (R5): an open process changes generation in place: every link dropped, members reset; the
+   exchanges in progress decide nothing any more (mv) */
+inline leave_generation(c) {
+    assert(!sealed[c]);       /* S5: a sealed process never changes generation in place */
+    printf("    %d.%d leaves gen %d, drops its links\n", SL(c), cinc[c], g[c]);
+    dl = 0;
+    do
+    :: dl < N ->
+        if
+        :: dl != SL(c) && cur[CS(c, dl)] != 0 ->
+            kd = cur[CS(c, dl)] - 1; ke = END(c, kd); close_end(ke);
+            cur[CS(c, dl)] = 0; sret[CS(c, dl)] = 0
+        :: else
+        fi;
+        mem[CS(c, dl)] = 0; vv[CS(c, dl)] = 0; vw[CS(c, dl)] = 0;
+        dl++
+    :: else -> break
+    od;
+    pm = 0;
+    do
+    :: pm < NP ->
+        if
+        :: SL(pm) != SL(c) ->
+            ke = END(c, pm);
             if
-            :: up[IX(x, hj)] -> up[IX(x, hj)] = 0; refd[IX(x, hj)] = 0; clear_lview(x, hj); flush(vch[CH(hj, x)])
-            :: else
-            fi;
-            if
-            :: !keep -> linc[IX(x, hj)] = 0
+            :: ph[ke] == 1 || ph[ke] == 2 -> mv[ke] = 1
             :: else
             fi
         :: else
         fi;
-        hj++
+        pm++
     :: else -> break
-    od
+    od;
+    sf[c] = 0; rd[c] = 0
 }
 
-inline reset_members(x) {
-    mem[IX(x, 0)] = 0; mem[IX(x, 1)] = 0; mem[IX(x, 2)] = 0
-}
-
-/* auto: generations as ranks among the live processes, 1 = oldest; dead processes hold 0 */
-inline renumber() {
-#ifdef FIXED
-    skip
-#else
-    hi = 0;
+/* the process in cell c ends: killed (crashed: the controller counts a death) or exit 75 */
+inline die(c, crashed) {
+    dd = 0;
     do
-    :: hi < N ->
-        rk[hi] = 0;
+    :: dd < NP ->
         if
-        :: alive[hi] ->
-            rk[hi] = 1; hj = 0;
+        :: SL(dd) != SL(c) ->
+            ke = END(c, dd);
+            if
+            :: ph[ke] != 0 -> close_end(ke)
+            :: else
+            fi
+        :: else
+        fi;
+        dd++
+    :: else -> break
+    od;
+    dd = 0;
+    do
+    :: dd < N ->
+        mem[CS(c, dd)] = 0; cur[CS(c, dd)] = 0; sinc[CS(c, dd)] = 0; sret[CS(c, dd)] = 0;
+        vv[CS(c, dd)] = 0; vw[CS(c, dd)] = 0;
+        dd++
+    :: else -> break
+    od;
+    alive[c] = 0; g[c] = 0; sealed[c] = 0; rd[c] = 0; sf[c] = 0; bf[c] = 0;
+    if
+    :: curc[SL(c)] == (c) + 1 ->
+        curc[SL(c)] = 0;
+#if defined(FIXED) && !defined(NOBUMP)
+        if
+        :: crashed -> ctl++; bumps++      /* R6: a death gets a new epoch */
+        :: else
+        fi
+#endif
+    :: else
+    fi;
+    zb[c] = 0
+}
+
+inline fence(c) {
+    printf("    %d.%d exits 75\n", SL(c), cinc[c]);
+    if
+    :: !zb[c] -> fences[SL(c)]++
+    :: else
+    fi;
+    die(c, 0)
+}
+
+/* cell c gets a new generation above the floor MFL (0: anywhere), in gap xk: above xk of the ranks above MFL */
+inline mint(c) {
+    renumber();
+    assert(gmax - MFL <= KMAX);      /* more gaps than choices: raise KMAX */
+    if
+    :: xk > gmax - MFL -> xk = gmax - MFL
+    :: else
+    fi;
+    rn = 0;
+    do
+    :: rn < NG -> g[rn] = 2 * g[rn]; rn++
+    :: else -> break
+    od;
+    g[c] = 2 * (MFL / 2 + xk) + 1; MFL = 0;
+    printf("    %d.%d mints a generation: gap %d\n", SL(c), cinc[c], xk)
+}
+
+/* ghost: a ready generation that nothing holds any more (no process, no hello) can never be joined again */
+inline forget_ready() {
+#ifndef FIXED
+    ks = 0;
+    do
+    :: ks < RG ->
+        rf = 0; rn = 0;
+        do
+        :: rn < NP + NE + 1 -> rf = rf || (g[rn] == RGV(ks)); rn++
+        :: else -> break
+        od;
+        if
+        :: !rf && RGV(ks) != 0 ->
+            RGV(ks) = 0; rn = 0;
             do
-            :: hj < N ->
-                if
-                :: alive[hj] && gen[hj] < gen[hi] ->
-                    /* count each distinct smaller generation once: only at its first holder */
-                    hk = 0;
-                    do
-                    :: hk < hj && !(alive[hk] && gen[hk] == gen[hj]) -> hk++
-                    :: hk < hj && alive[hk] && gen[hk] == gen[hj] -> break
-                    :: hk >= hj -> rk[hi]++; break
-                    od
-                :: else
-                fi;
-                hj++
+            :: rn < NP -> bf[rn] = bf[rn] & (255 - (1 << ks)); rn++
             :: else -> break
             od
         :: else
         fi;
-        hi++
+        ks++
     :: else -> break
     od;
-    gen[0] = rk[0]; gen[1] = rk[1]; gen[2] = rk[2]
+    rf = 0; rn = 0; ks = 0
+#else
+    skip           /* fixed: the controller may give an epoch again (NOBUMP): never forgotten */
 #endif
 }
 
-/* R5: x mints a new generation above lo (0: anywhere), unique among the live ones; x's old one is forgotten */
-/* the highest generation (rank) among the others, 0 if none is alive */
-#define MAXG(x) ((gen[((x) + 1) % N] >= gen[((x) + 2) % N]) * gen[((x) + 1) % N] + \
-        (gen[((x) + 1) % N] < gen[((x) + 2) % N]) * gen[((x) + 2) % N])
-
-/* x's new generation goes into the k-th gap above rank lo: above lo + k of the others' ranks and below the next
-   one (k = 0: right above lo; k = MAXG(x) - lo: above every other). The choice of k is the guard of the step, so
-   that every step of the model is one d_step. */
-inline mint_at(x, lo, k) {
-    gen[x] = 2 * (lo + k) + 1;       /* odd: a gap between the others, doubled below */
-    hi = 0;
+/* auto: generations as ranks 1.. (0: none), order and equality kept */
+inline renumber() {
+#ifndef FIXED
+    rr = 0; rn = 0;
     do
-    :: hi < N ->
+    :: rn < NG -> if :: g[rn] > rr -> rr = g[rn] :: else fi; rn++
+    :: else -> break
+    od;
+    kd = rr; rr = 0; rv1 = 1;
+    do
+    :: rv1 <= kd ->
+        rn = 0; rf = 0;
+        do
+        :: rn < NG ->
+            if
+            :: g[rn] == rv1 -> rf = 1; g[rn] = rr + 1
+            :: else
+            fi;
+            rn++
+        :: else -> break
+        od;
+        rr = rr + rf; rv1++
+    :: else -> break
+    od;
+    gmax = rr
+#else
+    skip
+#endif
+}
+
+/* ----- the properties, checked at the end of every step ----- */
+
+#define EST(i, j) (alive[i] && alive[j] && cur[CS(i, SL(j))] == (j) + 1 && cur[CS(j, SL(i))] == (i) + 1)
+
+inline check() {
+    /* S1: no link is up (both ends hold it) between two epochs; S3: a ready process is never linked to a newer one */
+    ka = 0;
+    do
+    :: ka < NR ->
+        kb = RLO(ka); kd = RHI(ka);
+        assert(!EST(kb, kd) || g[kb] == g[kd]);                    /* S1 */
+        assert(!(EST(kb, kd) && rd[kb]) || g[kd] <= g[kb]);        /* S3 */
+        assert(!(EST(kb, kd) && rd[kd]) || g[kb] <= g[kd]);        /* S3 */
+        ka++
+    :: else -> break
+    od;
+    ka = 0;
+    do
+    :: ka < NP ->
+        kb = 0;
+        do
+        :: kb < NP ->
+            if
+            :: rd[ka] && rd[kb] && g[ka] == g[kb] && ka < kb && VP(ka) != VP(kb) ->
+                /* D (Lemma D, with or without zombies): two ready views of one generation that differ share no
+                   process */
+                ks = 0;
+                do
+                :: ks < N -> assert(VI(ka, ks) != VI(kb, ks)); ks++
+                :: else -> break
+                od;
+                assert(zever)          /* S2 (runs without zombies): ready at once in one generation, one view */
+            :: else
+            fi;
+            kb++
+        :: else -> break
+        od;
+        /* S4 (runs without zombies): a process is never ready in a generation that was ready before it started */
+        ks = 0;
+        do
+        :: ks < RG -> assert(zever || !rd[ka] || !((bf[ka] >> ks) & 1) || RGV(ks) != g[ka]); ks++
+        :: else -> break
+        od;
+        /* R4, ready means agreement: a ready process's members have its view, or a message on its way (an end of
+           stream, a differing VIEW) or its answer still to be read by the member will take it out of ready */
         if
-        :: hi != x && alive[hi] -> gen[hi] = gen[hi] * 2
+        :: rd[ka] ->
+            ks = 0;
+            do
+            :: ks < N ->
+                if
+                :: ks != SL(ka) ->
+                    kd = cur[CS(ka, ks)] - 1; ke = END(ka, kd);
+                    xf = (!alive[kd] || (g[kd] == g[ka] && VP(kd) == VP(ka)) || ph[ke ^ 1] == 2 || he[ke]);
+                    rn = 0;
+                    do
+                    :: rn < vqn[ke] -> xf = xf || vq[ke * VQ + rn] % 512 != VP(ka); rn++
+                    :: else -> break
+                    od;
+                    assert(xf)             /* R4 */
+                :: else
+                fi;
+                ks++
+            :: else -> break
+            od
         :: else
         fi;
-        hi++
+        /* auto: a member is the incarnation linked (the tables' holder is the member) */
+        ks = 0;
+        do
+        :: ks < N ->
+            assert(!AUTO || ks == SL(ka) || cur[CS(ka, ks)] == 0 || mem[CS(ka, ks)] == cinc[cur[CS(ka, ks)] - 1]);
+            ks++
+        :: else -> break
+        od;
+        ka++
     :: else -> break
     od;
-    renumber()
+    /* exits: a slot exits 75 at most once per fault (auto), per epoch the controller gave (fixed) */
+    ka = 0;
+    do
+    :: ka < N -> assert(fences[ka] <= (AUTO -> faults : bumps)); ka++
+    :: else -> break
+    od
 }
 
-inline die(x) {
-    drop_all(x, 0);
-    alive[x] = 0; paused[x] = 0; sealed[x] = 0; reset_members(x); gen[x] = 0;
-    rview[IX(x, 0)] = 0; rview[IX(x, 1)] = 0; rview[IX(x, 2)] = 0;
-    renumber()
-}
-
-inline fence(x) {
-    printf("    %d.%d FENCED: exits 75\n", x, inc[x]);
-    fences[x]++;
-    die(x)          /* exit 75; the orchestrator restarts the slot (Proc) */
-}
-
-/* x's generation is older than g's holder: adopt in place (auto, never ready) or fence */
-inline older(x, y) {
-#ifdef FIXED
-    fence(x)
-#else
-    if
-    :: sealed[x] -> fence(x)
-    :: else ->
-        assert(!sealed[x]);   /* S5: a process that was ready never moves to another generation in place */
-        printf("    %d.%d adopts the newer generation of %d.%d, drops its links\n", x, inc[x], y, inc[y]);
-        gen[x] = gen[y];
-        reset_members(x);
-        drop_all(x, KEEPV);
-        renumber()
-    fi
-#endif
-}
-
-/* install x's end of a link to y (R2); true view change unless it is a reconnect of the same incarnation */
-inline install(x, y) {
-    hk = (up[IX(x, y)] && linc[IX(x, y)] == inc[y]);     /* reconnect of the same incarnation */
-#ifdef BRIEF_RULES
-    hk = hk || (linc[IX(x, y)] == inc[y]);                 /* the view keeps down links: no change */
-#endif
-    up[IX(x, y)] = 1; linc[IX(x, y)] = inc[y]; refd[IX(x, y)] = 0; clear_lview(x, y);
-#ifndef FIXED
-#ifndef BRIEF_RULES
-    if
-    :: mem[IX(x, y)] == 0 -> mem[IX(x, y)] = inc[y]     /* write-once */
-    :: else
-    fi
-#endif
-#endif
-}
-
-/* after install: the view goes out on the new link, and on every up link if it changed */
-inline announce(x, y, same) {
-    if
-    :: same -> send_view(x, y)
-    :: else -> broadcast(x)
-    fi
-}
-
-/* R1: the hello exchange of p (dialing) and q (accepting), both judging both hellos */
-inline handshake(p, q) {
-    if
-    :: gen[p] == gen[q] ->
+/* ALL_READY: every slot has its process, no zombie runs, all ready in one generation, each linked to the others'
+   current processes */
+inline goal() {
+    allr = 1; ka = 0; xv = 0;
+    do
+    :: ka < N ->
         if
-        :: ADMITS(p, q) && ADMITS(q, p) ->
-            flush(vch[CH(p, q)]); flush(vch[CH(q, p)]);
-            printf("%d.%d - %d.%d: link up in gen %d\n", p, inc[p], q, inc[q], gen[p]);
-            install(p, q); hn = hk; install(q, p);
-            announce(p, q, hn); announce(q, p, hk);
-            reeval(p); reeval(q)
-        :: !ADMITS(p, q) && !ADMITS(q, p) ->
-            assert(false)     /* both refuse with SEALED: impossible with one live process per slot */
-        :: !ADMITS(p, q) && ADMITS(q, p) ->
-            /* p refuses q (SEALED); q accepted p's hello, installs its end, and reads the refusal next */
-            assert(!sealed[q]);
-            printf("%d.%d refuses %d.%d: SEALED\n", p, inc[p], q, inc[q]);
-            flush(vch[CH(p, q)]);
-            install(q, p); refd[IX(q, p)] = 1; announce(q, p, hk)
-        :: ADMITS(p, q) && !ADMITS(q, p) ->
-            assert(!sealed[p]);
-            printf("%d.%d refuses %d.%d: SEALED\n", q, inc[q], p, inc[p]);
-            flush(vch[CH(q, p)]);
-            install(p, q); refd[IX(p, q)] = 1; announce(p, q, hk)
-        fi
-    :: gen[p] < gen[q] -> older(p, q)     /* q refuses p (STALE); p adopts or fences */
-    :: gen[p] > gen[q] -> older(q, p)
-    fi
+        :: curc[ka] == 0 -> allr = 0
+        :: else -> xv = xv + cinc[curc[ka] - 1] * (ka == 0 -> 1 : (ka == 1 -> 8 : 64))
+        fi;
+        ka++
+    :: else -> break
+    od;
+    ka = 0;
+    do
+    :: allr && ka < NP ->
+        if
+        :: alive[ka] && (zb[ka] || !rd[ka] || VP(ka) != xv || g[ka] != g[curc[0] - 1]) -> allr = 0
+        :: else
+        fi;
+        ka++
+    :: else -> break
+    od;
+    xv = 0
 }
 
-inline birth(x) {
-    alive[x] = 1; inc[x]++; sealed[x] = 0; reset_members(x);
-    printf("orchestrator starts %d.%d\n", x, inc[x]);
-#ifdef FIXED
+inline free_cells() {
+    ka = 0;
+    do
+    :: ka < N ->
+        freec[ka] = 0; kb = ka * CELLS;
+        do
+        :: kb < (ka + 1) * CELLS && freec[ka] == 0 ->
+            if
+            :: !alive[kb] ->
+                xf = 1; kd = 0;
+                do
+                :: kd < NP ->
+                    if
+                    :: SL(kd) != ka -> ke = REC(kb, kd); xf = xf && IDLE(ke)
+                    :: else
+                    fi;
+                    kd++
+                :: else -> break
+                od;
+                if
+                :: xf -> freec[ka] = kb + 1
+                :: else
+                fi
+            :: else
+            fi;
+            kb++
+        :: else -> break
+        od;
+        ka++
+    :: else -> break
+    od
+}
+
+/* the end of every step: generations renumbered, properties checked, derived variables, scratch zeroed (scratch
+   is not hidden: a hidden variable is not restored when the search backtracks over a d_step) */
+inline done() {
+    forget_ready();
+    renumber();
+    check();
+    goal();
+    free_cells();
+    xc = 0; xd = 0; xe = 0; xsl = 0; xi = 0; xg = 0; xrel = 0; xh = 0; xq = 0; xf = 0; xa = 0; xt = 0; xo = 0; xw = 0; xk = 0;
+    cf = 0; sd = 0; se = 0; sa = 0; dl = 0; dd = 0; pm = 0; rn = 0; rv1 = 0; rr = 0; rf = 0;
+    ka = 0; kb = 0; ks = 0; kd = 0; ke = 0; xv = 0
+}
+
+/* ----- the steps ----- */
+
+/* a dial: both hellos go out at once (the listener's kernel accepts for it) */
+inline dial(r) {
+    kb = RLO(r); kd = RHI(r);
+    ph[2 * (r)] = 1; ph[2 * (r) + 1] = 1; hh[2 * (r)] = 1; hh[2 * (r) + 1] = 1;
+    HEP(2 * (r)) = g[kd]; HEP(2 * (r) + 1) = g[kb];
+    printf("%d.%d - %d.%d: connection, hellos in gen %d and %d\n", SL(kb), cinc[kb], SL(kd), cinc[kd], g[kb], g[kd])
+}
+
+/* MeshModel.judge: xe's process reads the peer's hello and answers */
+inline judge_step() {
+    xc = ECELL(xe); xd = ECELL(xe ^ 1); xsl = SL(xd); xi = cinc[xd]; xg = HEP(xe);
+    hh[xe] = 0;
     if
-#ifdef NOBUMP
-    :: crashed[x] -> crashed[x] = 0           /* assumption A4 broken: the replacement gets the same epoch */
+    :: xg < g[xc] -> xrel = REL_OLDER
+    :: xg == g[xc] -> xrel = REL_EQUAL
+    :: else -> xrel = REL_NEWER
+    fi;
+    xf = !mv[xe];
+    if
+    :: xf && ((sret[CS(xc, xsl)] >> xi) & 1) ->       /* Slot.retired: replaced on our link by a newer process */
+        xa = ANS_RETIRED; xt = ACT_NONE
+    :: else ->
+#ifdef FIXED
+        xh = HOLD_NONE; xq = 0;
 #else
-    :: crashed[x] -> ctl++; crashed[x] = 0    /* R6: a death gets a new epoch */
+        if
+        :: mem[CS(xc, xsl)] == 0 -> xh = HOLD_NONE
+        :: mem[CS(xc, xsl)] == xi -> xh = HOLD_SAME
+        :: else -> xh = HOLD_OTHER
+        fi;
+        xq = rd[xc];
+        assert(!(xq && xh == HOLD_NONE));
 #endif
+        judge(AUTO, xrel, xh, xq, xf, xa, xt);
+        if
+        :: AUTO && xt == ACT_LINK ->
+            assert(mem[CS(xc, xsl)] == 0 || mem[CS(xc, xsl)] == xi); mem[CS(xc, xsl)] = xi   /* write-once */
+        :: else
+        fi
+    fi;
+    printf("%d.%d judges the hello of %d.%d (gen %d, ours %d): answer %d, action %d\n",
+        SL(xc), cinc[xc], xsl, xi, xg, g[xc], xa, xt);
+    if
+    :: ph[xe ^ 1] != 0 -> ha[xe ^ 1] = xa + 1
     :: else
     fi;
-    gen[x] = ctl
-#else
-    skip                  /* the step mints the generation: mint_at */
-#endif
+    act[xe] = xt;
+    if
+    :: xt == ACT_NONE -> close_end(xe)      /* nothing the peer answers can change anything */
+    :: else -> ph[xe] = 2
+    fi
 }
 
-/* R5: a SEALED refusal makes an unsealed process mint a generation above its own (in the gap k above it) and
-   drop every link */
-#define REFUSED_STEP(p, q, k, fits) \
-    :: d_step { alive[p] && !paused[p] && refd[IX(p, q)] && (fits) -> \
-        assert(!sealed[p]); /* S5, and a sealed process is never refused with SEALED */ \
-        printf("%d.%d reads SEALED: mints a generation above gen %d, drops its links\n", p, inc[p], gen[p]); \
-        drop_all(p, KEEPV); reset_members(p); mint_at(p, gen[p], k); \
-        printf("    %d.%d is in gen %d\n", p, inc[p], gen[p]); done() }
+/* Slot.offer and MeshModel._offer: an exchange both ends accepted becomes the link */
+inline offer() {
+    if
+    :: (sret[CS(xc, xsl)] >> xi) & 1 -> close_end(xe)        /* RETIRED */
+    :: else ->
+        if
+        :: cur[CS(xc, xsl)] != 0 ->       /* a new incarnation replaces the link: the old connection is failed */
+            kd = cur[CS(xc, xsl)] - 1; ke = END(xc, kd); close_end(ke)
+        :: else
+        fi;
+        if
+        :: sinc[CS(xc, xsl)] != 0 && sinc[CS(xc, xsl)] != xi -> sret[CS(xc, xsl)] = sret[CS(xc, xsl)] | (1 << sinc[CS(xc, xsl)])
+        :: else
+        fi;
+        sinc[CS(xc, xsl)] = xi; cur[CS(xc, xsl)] = xd + 1; ph[xe] = 3; act[xe] = 0; HEP(xe) = 0;
+        vv[CS(xc, xsl)] = 0; vw[CS(xc, xsl)] = 0;
+        printf("%d.%d: link to %d.%d up in gen %d\n", SL(xc), cinc[xc], xsl, xi, g[xc]);
+        announce(xc); reeval(xc)
+    fi
+}
 
-/* one end of p's link to q: dial and handshake while down, detect a dead link, read VIEW and REFUSE frames */
-#define LINK_STEPS(p, q) \
-    :: d_step { alive[p] && !paused[p] && alive[q] && !paused[q] && !up[IX(p, q)] && !refd[IX(q, p)] -> \
-        handshake(p, q); done() } \
-    :: d_step { alive[p] && !paused[p] && up[IX(p, q)] && !refd[IX(p, q)] && BROKEN(p, q) -> \
-        down(p, q); done() } \
-    :: d_step { alive[p] && !paused[p] && up[IX(p, q)] && nempty(vch[CH(q, p)]) -> \
-        vch[CH(q, p)]?LV(p, q, 0), LV(p, q, 1), LV(p, q, 2); lvalid[IX(p, q)] = 1; \
-        printf("%d.%d gets VIEW [%d %d %d] from %d.%d\n", p, inc[p], LV(p, q, 0), LV(p, q, 1), LV(p, q, 2), q, linc[IX(p, q)]); \
-        reeval(p); done() } \
-    REFUSED_STEP(p, q, 0, true) \
-    REFUSED_STEP(p, q, 1, gen[p] + 1 <= MAXG(p))
+/* MeshModel.conclude: xe's process has the peer's answer xa (ANS_NONE: the connection ended first) */
+inline conclude_step() {
+    xc = ECELL(xe); xd = ECELL(xe ^ 1); xsl = SL(xd); xi = cinc[xd]; xg = HEP(xe); xt = act[xe];
+    decide_conclusion(xt, xa, xo);
+    printf("%d.%d concludes with %d.%d: answer %d -> outcome %d\n", SL(xc), cinc[xc], xsl, xi, xa, xo);
+    if
+    :: xo == OUT_NOTHING || mv[xe] -> close_end(xe)          /* nothing, or judged in a generation we left */
+    :: else ->
+        if
+        :: AUTO && xo != OUT_LINK && rd[xc] && cinc[cur[CS(xc, xsl)] - 1] != xi ->
+            close_end(xe)        /* R1's exception: a duplicate does not break up a ready mesh */
+        :: else ->
+            if
+            :: xo == OUT_LINK -> offer()
+            :: else ->
+                if
+                :: !AUTO -> xq = STAND_FIXED
+                :: AUTO && sealed[xc] -> xq = STAND_SEALED
+                :: else -> xq = STAND_OPEN
+                fi;
+                decide_move(xo, xq, xw);
+                close_end(xe);
+                if
+                :: xw == MOVE_EXIT -> fence(xc)
+                :: xw == MOVE_JOIN -> assert(xg > g[xc]); leave_generation(xc); g[xc] = xg;
+                    printf("    %d.%d joins gen %d\n", SL(xc), cinc[xc], xg)
+                :: xw == MOVE_MINT_ABOVE_PEER -> leave_generation(xc); g[xc] = 0; MFL = xg; mint(xc)
+                :: xw == MOVE_MINT_ABOVE_OURS -> leave_generation(xc); MFL = g[xc]; g[xc] = 0; mint(xc)
+                :: else -> assert(xw == MOVE_STAY)
+                fi
+            fi
+        fi
+    fi
+}
 
-/* the steps of the process in slot p (weak fairness is per proctype instance: a process that can step
-   eventually does); declared first, so the three instances are _pid 0, 1, 2 */
-active [N] proctype Node() {
-end_node:
+/* MeshModel.view_received */
+inline view_step() {
+    xc = ECELL(xe); xd = ECELL(xe ^ 1); xsl = SL(xd);
+    xv = vq[xe * VQ]; rn = 0;
     do
-    LINK_STEPS(_pid, (_pid + 1) % N)
-    LINK_STEPS(_pid, (_pid + 2) % N)
+    :: rn + 1 < VQ -> vq[xe * VQ + rn] = vq[xe * VQ + rn + 1]; rn++
+    :: else -> break
+    od;
+    vq[xe * VQ + VQ - 1] = 0; vqn[xe]--;
+    if
+    :: cur[CS(xc, xsl)] == xd + 1 ->
+        vv[CS(xc, xsl)] = 1; vw[CS(xc, xsl)] = xv;
+        printf("%d.%d gets VIEW %d from %d.%d\n", SL(xc), cinc[xc], xv, xsl, cinc[xd]);
+        reeval(xc)
+    :: else
+    fi
+}
+
+/* the end of stream on a link: MeshModel.link_ended (an exchange that ends without an answer: CONCLUDE_STEPS) */
+inline eof_step() {
+    xc = ECELL(xe); xd = ECELL(xe ^ 1); xsl = SL(xd);
+    if
+    :: ph[xe] == 3 ->
+        printf("%d.%d: link to %d.%d down (end of stream)\n", SL(xc), cinc[xc], xsl, cinc[xd]);
+        link_down(xc, xsl, xd); close_end(xe)
+    :: else -> close_end(xe)
+    fi
+}
+
+/* the steps of one end: read the next frame in flight to it (a read that concludes may mint: one d_step per gap) */
+/* the answer, or the end of stream instead of one (no answer: ANS_NONE) */
+#define CONCLUDE_GUARD(e) (ph[e] == 2 && !hh[e] && (ha[e] != 0 || he[e]))
+#define TAKE_ANSWER(e) xe = e; if :: ha[e] != 0 -> xa = ha[e] - 1; ha[e] = 0 :: else -> xa = ANS_NONE fi
+#ifdef FIXED
+#define CONCLUDE_STEPS(e) \
+    :: d_step { CONCLUDE_GUARD(e) -> TAKE_ANSWER(e); conclude_step(); done() }
+#else
+#define CONCLUDE_AT(e, k) \
+    :: d_step { CONCLUDE_GUARD(e) && GAP(k) -> xk = k; TAKE_ANSWER(e); conclude_step(); done() }
+#define CONCLUDE_STEPS(e) KCHOICES(CONCLUDE_AT, e)
+#endif
+#define END_STEPS(e) \
+    :: d_step { ph[e] == 1 && hh[e] -> xe = e; judge_step(); done() } \
+    CONCLUDE_STEPS(e) \
+    :: d_step { ph[e] == 3 && !hh[e] && ha[e] == 0 && vqn[e] > 0 -> xe = e; view_step(); done() } \
+    :: d_step { ph[e] == 3 && he[e] && !hh[e] && ha[e] == 0 && vqn[e] == 0 -> xe = e; eof_step(); done() }
+
+/* one end of a connection record (a pair of processes): its reads, and the dial (the retry loops of both
+   processes: a process without a link to the peer's slot dials again as soon as its last exchange there is
+   over). One proctype per end, so that weak fairness (-f) is per connection end: no retry loop, no other
+   connection and no other frame can starve a read that stays possible. */
+active [NE] proctype End() {
+end_end:
+    do
+    :: d_step { IDLE(_pid / 2) && alive[RLO(_pid / 2)] && alive[RHI(_pid / 2)] &&
+            (cur[CS(RLO(_pid / 2), SL(RHI(_pid / 2)))] == 0 || cur[CS(RHI(_pid / 2), SL(RLO(_pid / 2)))] == 0) ->
+        dial(_pid / 2); done() }
+    END_STEPS(_pid)
     od
 }
 
+/* ----- the orchestrator ----- */
+
+inline birth(s) {
+    xc = freec[s] - 1;
+    binc[s]++; cinc[xc] = binc[s]; alive[xc] = 1; zb[xc] = 0; curc[s] = xc + 1;
+    rn = 0; bf[xc] = 0;
+    do
+    :: rn < RG -> if :: RGV(rn) != 0 -> bf[xc] = bf[xc] | (1 << rn) :: else fi; rn++
+    :: else -> break
+    od;
 #ifdef FIXED
-#define BIRTH_STEP(x) \
-    :: d_step { !alive[x] -> birth(x); printf("    %d.%d is in gen %d\n", x, inc[x], gen[x]); done() }
+    g[xc] = ctl;
+    printf("orchestrator starts %d.%d in epoch %d\n", s, cinc[xc], ctl)
 #else
-/* a birth mints a generation anywhere among the others' (gap k: above k of their ranks) */
-#define BIRTH_AT(x, k, fits) \
-    :: d_step { !alive[x] && (fits) -> birth(x); mint_at(x, 0, k); \
-        printf("    %d.%d is in gen %d\n", x, inc[x], gen[x]); done() }
-#define BIRTH_STEP(x) \
-    BIRTH_AT(x, 0, true) \
-    BIRTH_AT(x, 1, 1 <= MAXG(x)) \
-    BIRTH_AT(x, 2, 2 <= MAXG(x))
+    printf("orchestrator starts %d.%d\n", s, cinc[xc]);
+    g[xc] = 0; MFL = 0; mint(xc)         /* a birth mints anywhere */
+#endif
+}
+
+#define BIRTH_AT(s, k) \
+    :: d_step { curc[s] == 0 && freec[s] != 0 && binc[s] < ICAP && GAP(k) -> xk = k; birth(s); done() }
+#ifdef FIXED
+#define BIRTH(s) BIRTH_AT(s, 0)
+#else
+#define BIRTH(s) KCHOICES(BIRTH_AT, s)
 #endif
 
-/* all three slots start empty: the orchestrator starts them in any order, interleaved with everything else;
-   it restarts a slot whose process exited, and eventually resumes a paused one */
-#define ORCH_STEPS(x) \
-    BIRTH_STEP(x) \
-    :: d_step { paused[x] -> paused[x] = 0; printf("SIGCONT %d.%d\n", x, inc[x]); done() }
+#define ZDIES(c) \
+    :: d_step { alive[c] && zb[c] -> printf("zombie %d.%d dies\n", SL(c), cinc[c]); die(c, 0); done() }
 
+/* it starts every slot whose process ended or was given up, in any order, interleaved with everything else; a
+   zombie eventually dies */
 active proctype Orchestrator() {
+    d_step { done() };      /* the derived variables of the initial state */
 end_orch:
     do
-    ORCH_STEPS(0)
-    ORCH_STEPS(1)
-    ORCH_STEPS(2)
+    BIRTH(0)
+    BIRTH(1)
+#if N > 2
+    BIRTH(2)
+#endif
+#ifdef ZOMBIE
+    ZDIES(0)
+    ZDIES(1)
+    ZDIES(2)
+    ZDIES(3)
+#if N > 2
+    ZDIES(4)
+    ZDIES(5)
+#endif
+#endif
     od
 }
 
-inline crash(x) {
-    printf("KILL -9 %d.%d\n", x, inc[x]);
-    faults++; crashes++; crashed[x] = 1; die(x)
-}
+/* ----- faults: at most MAXF, at any moment ----- */
 
-inline pause(x) {
-    printf("SIGSTOP %d.%d\n", x, inc[x]);
-    faults++; paused[x] = 1
-}
+#ifdef ONEZOMBIE
+#define ZOMBIE_ONE (!zever)
+#else
+#define ZOMBIE_ONE true
+#endif
+#ifdef ZSLOT
+#define ZOMBIE_OK(c) (ZOMBIE_ONE && SL(c) == ZSLOT)
+#else
+#define ZOMBIE_OK(c) ZOMBIE_ONE
+#endif
+#ifdef KSLOT
+#define KILL_OK(c) (SL(c) == KSLOT)
+#else
+#define KILL_OK(c) true
+#endif
 
-inline lose(x, y) {
-    printf("LOSS: %d.%d times out its link to %d.%d\n", x, inc[x], y, linc[IX(x, y)]);
-    faults++; down(x, y)
-}
+#define KILL(c) \
+    :: d_step { faults < MAXF && alive[c] && !zb[c] && KILL_OK(c) -> \
+        printf("KILL -9 %d.%d\n", SL(c), cinc[c]); faults++; die(c, 1); done() }
 
-/* at most MAXF faults, at any time, then none */
+/* the orchestrator takes the process for dead and starts a replacement; the process runs on (a zombie) */
+#define ZOMBIFY(c) \
+    :: d_step { faults < MAXF && alive[c] && !zb[c] && ZOMBIE_OK(c) -> \
+        printf("ZOMBIE %d.%d: the orchestrator replaces it, it runs on\n", SL(c), cinc[c]); \
+        faults++; zb[c] = 1; zever = 1; curc[SL(c)] = 0; \
+        if \
+        :: !AUTO -> ctl++; bumps++ \
+        :: else \
+        fi; \
+        done() }
+
+/* one end of a link times out (a pause, a partition): link_ended, and it closes its end */
+#define LOSE(e) \
+    :: d_step { faults < MAXF && ph[e] == 3 -> \
+        xe = e; xc = ECELL(xe); xd = ECELL(xe ^ 1); xsl = SL(xd); faults++; \
+        printf("LOSS: %d.%d times out its link to %d.%d\n", SL(xc), cinc[xc], xsl, cinc[xd]); \
+        link_down(xc, xsl, xd); close_end(xe); done() }
+
+#if !defined(NOKILL) || defined(ZOMBIE)
+#define PERCELL
+#endif
+#ifdef NOKILL
+#define KILLC(c)
+#else
+#define KILLC(c) KILL(c)
+#endif
+#ifdef ZOMBIE
+#define ZOMC(c) ZOMBIFY(c)
+#else
+#define ZOMC(c)
+#endif
+#ifdef NOLOSS
+#define LOSEE(e)
+#else
+#define LOSEE(e) LOSE(e)
+#endif
+
 active proctype Faults() {
 end_faults:
     do
-    :: d_step { faults < MAXF && alive[0] -> crash(0); done() }
-    :: d_step { faults < MAXF && alive[1] -> crash(1); done() }
-    :: d_step { faults < MAXF && alive[2] -> crash(2); done() }
-#ifndef NOPAUSE
-    :: d_step { faults < MAXF && alive[0] && !paused[0] -> pause(0); done() }
-    :: d_step { faults < MAXF && alive[1] && !paused[1] -> pause(1); done() }
-    :: d_step { faults < MAXF && alive[2] && !paused[2] -> pause(2); done() }
+    :: d_step { faults >= MAXF && false -> skip }
+    KILLC(0) ZOMC(0)
+    KILLC(1) ZOMC(1)
+#if NP > 2
+    KILLC(2) ZOMC(2)
 #endif
-#ifndef NOLOSS
-    :: d_step { faults < MAXF && alive[0] && !paused[0] && up[IX(0, 1)] -> lose(0, 1); done() }
-    :: d_step { faults < MAXF && alive[0] && !paused[0] && up[IX(0, 2)] -> lose(0, 2); done() }
-    :: d_step { faults < MAXF && alive[1] && !paused[1] && up[IX(1, 0)] -> lose(1, 0); done() }
-    :: d_step { faults < MAXF && alive[1] && !paused[1] && up[IX(1, 2)] -> lose(1, 2); done() }
-    :: d_step { faults < MAXF && alive[2] && !paused[2] && up[IX(2, 0)] -> lose(2, 0); done() }
-    :: d_step { faults < MAXF && alive[2] && !paused[2] && up[IX(2, 1)] -> lose(2, 1); done() }
+#if NP > 3
+    KILLC(3) ZOMC(3)
 #endif
-    :: break
+#if NP > 4
+    KILLC(4) ZOMC(4)
+    KILLC(5) ZOMC(5)
+#endif
+    LOSEE(0) LOSEE(1)
+#if NE > 2
+    LOSEE(2) LOSEE(3) LOSEE(4) LOSEE(5)
+#endif
+#if NE > 6
+    LOSEE(6) LOSEE(7)
+#endif
+#if NE > 8
+    LOSEE(8) LOSEE(9) LOSEE(10) LOSEE(11) LOSEE(12) LOSEE(13) LOSEE(14) LOSEE(15)
+    LOSEE(16) LOSEE(17) LOSEE(18) LOSEE(19) LOSEE(20) LOSEE(21) LOSEE(22) LOSEE(23)
+#endif
     od
 }
 
+/* after the last fault, eventually every slot's process is alive, ready in one generation with the others'
+   current processes, no zombie runs, and it stays so (pan -a -N live; -f: weak fairness) */
+ltl live { <>[] allr }
 
-/* S1-S4 and the exit bound hold in every reachable state (pan -N safety, without -a): a claim that asserts the
-   invariant after every step (written as a never claim: spin's LTL translator does not take an expression this
-   long) */
+/* the safety runs (pan -N safety): no claim of their own; the properties are the assertions of every step */
 never safety {
     do
-    :: assert(INV)
+    :: true
     od
 }
-
-/* after the last fault, eventually all three are ready in one generation, linked to each other's current
-   incarnations, and stay so (pan -a -N live) */
-ltl live { <>[] ALL_READY }
