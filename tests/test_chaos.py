@@ -1,13 +1,17 @@
 """scripts/chaos (``tools.chaos``) in CI: a short, hard-bounded campaign of real processes in both epoch modes, on
 loopback and (as root with ``ip`` and ``nft``) across network namespaces, judged on its JSON; and the checks it runs
-(the one safety checker, ``meshd.safety``, with the runner's own on top) shown able to fail, S5 on a real Fenced."""
+(the one safety checker, ``meshd.safety``, with the runner's own on top) shown able to fail, S5 on a real Fenced;
+worker mode (``--workers``: every daemon runs examples/alltoall.py) on loopback, and its checks shown able to fail."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,23 @@ from meshd.core.address import Address
 from meshd.core.generation import EpochMode
 from meshd.core.hello import Identity
 from meshd.core.mesh import MeshModel, Publish
-from meshd.core.status import Fenced, LinkUp, MeshState, PeerRow, PeerState, Status
+from meshd.core.status import (
+    Fenced,
+    LinkUp,
+    MeshState,
+    PeerRow,
+    PeerState,
+    Status,
+    WorkerExited,
+    WorkerStarted,
+    WorkerState,
+    WorkerStatus,
+)
 from meshd.core.wire import Epoch
-from tools.chaos.checks import TrialChecker, fence_is_proven, observation
+from tools.chaos.checks import TrialChecker, fence_is_proven, final_worker_problems, observation
 from tools.chaos.faults import plan
 from tools.chaos.netns import netns_unavailable
+from tools.chaos.workers import ALLTOALL, WorkerWatch, alive
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hard bound on one campaign (4 trials of a few seconds each, on a loaded 2-core machine).
@@ -43,10 +59,14 @@ KILLED = -signal.SIGKILL
 NETNS_UNAVAILABLE = netns_unavailable()
 
 
-def run_campaign(tmp_path: Path, net: str) -> dict[str, Any]:
+# Worker mode: one trial per epoch mode, a pause and a kill -9 each (seed 12's schedule in both modes).
+WORKER_SEED, WORKER_FAULTS = 12, 2
+
+
+def run_campaign(tmp_path: Path, net: str, *extra: str, seed: int | None = None) -> dict[str, Any]:
     out = tmp_path / f"chaos-{net}"
-    argv = [sys.executable, "-m", "tools.chaos", "--net", net, "--seed", str(SEEDS[net])]
-    argv += ["--trials", str(TRIALS), "--faults", str(FAULTS), "--size", str(SIZE), "--out", str(out)]
+    argv = [sys.executable, "-m", "tools.chaos", "--net", net, "--seed", str(SEEDS[net] if seed is None else seed)]
+    argv += ["--trials", str(TRIALS), "--faults", str(FAULTS), "--size", str(SIZE), "--out", str(out), *extra]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
             output, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT)
@@ -105,6 +125,27 @@ def test_chaos_on_loopback_converges_without_violations(tmp_path):
 @pytest.mark.skipif(NETNS_UNAVAILABLE is not None, reason=f"network namespaces: {NETNS_UNAVAILABLE}")
 def test_chaos_across_network_namespaces_with_partitions(tmp_path):
     check_campaign(run_campaign(tmp_path, "netns"), "netns")
+
+
+def test_chaos_with_alltoall_workers_on_loopback(tmp_path):
+    """Every daemon runs examples/alltoall.py; after a pause and a kill -9 each slot ends with one worker of the final
+    generation, no worker saw another generation's data, none outlived its daemon."""
+    extra = ("--workers", "--trials", "1", "--faults", str(WORKER_FAULTS))
+    report = run_campaign(tmp_path, "loopback", *extra, seed=WORKER_SEED)
+    output = report["output"]
+    assert report["returncode"] == 0, f"scripts/chaos --workers exited {report['returncode']}:\n{output}"
+    assert [trial["mode"] for trial in report["trials"]] == ["fixed", "auto"], output
+    for trial in report["trials"]:
+        name = f"{trial['mode']} seed {trial['seed']}"
+        assert trial["converged"] and trial["violations"] == [], f"{name}: {trial['violations']}\n{output}"
+        assert {fault["kind"] for fault in trial["faults"]} == {"pause", "kill"}, f"{name}: {trial['faults']}"
+        workers = trial["workers"]
+        # The first generation's workers, then (after the kill) the recovered generation's: one per slot each.
+        assert workers["started"] >= 2 * SIZE and workers["generations"] >= 2, f"{name}: {workers}\n{output}"
+        assert "3" not in workers["exits"], f"{name}: {workers}"
+    summary = report["workers"]
+    assert summary["trials"] == 2 and summary["violations"] == 0, summary
+    assert "workers: 2 trials" in output and "0 worker violations" in output, output
 
 
 # ----- the checks can fail
@@ -210,3 +251,82 @@ def test_an_exit_75_seen_only_through_polls_is_proven_by_a_newer_epoch_held_anyw
     checker.exited("slot 1", 75, False, [], status(1, 6, "ready", MESH), Epoch(6), at=2.0)
     checker.exited("slot 2", 75, False, [], None, Epoch(6), at=2.0)
     assert checker.violations == []
+
+
+# ----- the worker checks can fail
+
+
+def with_worker(one: Status, epoch: int, state: str = "running", pid: int = 100) -> Status:
+    return attrs.evolve(one, worker=WorkerStatus(pid + one.index, WorkerState(state), 0.6, None, Epoch(epoch)))
+
+
+def test_worker_checks_accept_one_worker_of_the_final_generation_per_slot():
+    statuses = [with_worker(status(index, 5, "ready", MESH), 5) for index in MESH]
+    assert final_worker_problems(statuses, {index: [100 + index] for index in MESH}) == []
+    checker = TrialChecker()
+    start = WorkerStarted(time=1.0, index=0, pid=100, epoch=Epoch(5))
+    stopped = WorkerExited(time=2.0, index=0, pid=100, epoch=Epoch(5), exit=0, reason="stopped: fenced")
+    shared = WorkerExited(time=2.0, index=1, pid=101, epoch=Epoch(5), exit=4, reason="it failed with exit 4")
+    checker.worker_exits("slot 0", [start, stopped], at=2.0)
+    checker.worker_epoch("slot 0", Epoch(5), [start, stopped], at=2.0)
+    checker.worker_death("slot 1", 70, [shared], at=2.0)  # shared fate: a peer's socket ended, no SIGTERM came
+    checker.worker_death("slot 2", 0, [], at=2.0)  # an orderly exit: no worker failed
+    checker.worker_death("slot 3", 75, [stopped], at=2.0)  # fenced: its worker stopped first
+    assert checker.violations == []
+
+
+def test_worker_checks_flag_a_mismatch_a_wrong_generation_and_a_worker_that_outlived_its_daemon():
+    checker = TrialChecker()
+    corrupt = WorkerExited(
+        time=2.0, index=2, pid=102, epoch=Epoch(5), exit=3, reason="it failed with exit 3"
+    )  # a block from another generation
+    crashed = WorkerExited(time=2.0, index=3, pid=103, epoch=Epoch(5), exit=1, reason="it failed with exit 1")
+    checker.worker_exits("slot 2", [corrupt], at=2.0)
+    checker.worker_death("slot 2", 70, [corrupt], at=2.0)
+    checker.worker_death("slot 1", 70, [], at=2.0)  # no worker_exited event: nothing typed says it was shared fate
+    checker.worker_exits("slot 3", [crashed], at=2.0)
+    checker.worker_epoch("slot 0", Epoch(6), [WorkerStarted(time=1.0, index=0, pid=100, epoch=Epoch(5))], at=2.0)
+    checker.worker_outlived("slot 1 (member, pid 7, exit -9)", 101, 3.2, at=2.0)
+    final = [with_worker(status(0, 6, "ready", MESH), 6), with_worker(status(1, 6, "ready", MESH), 5)]
+    final.append(with_worker(status(2, 6, "ready", MESH), 6, state="stopping"))
+    problems = final_worker_problems(final, {0: [100], 1: [101, 99], 2: []})
+    assert problems == [
+        "slot 1's worker runs in epoch 5, the slot in 6",
+        "slot 1 has 2 live workers [101, 99]",
+        "slot 2's worker is stopping",
+        "slot 2 has 0 live workers []",
+    ]
+    checker.workers_final(problems, at=3.0)
+    kinds = [violation.kind for violation in checker.violations]
+    assert kinds == [
+        "worker-mismatch", "worker-failed", "worker-failed", "worker-failed", "worker-epoch", "worker-outlived",
+        "worker-final",
+    ]  # fmt: skip
+
+
+def test_worker_watch_finds_a_worker_that_outlived_its_daemon_and_one_that_outlived_the_trial():
+    """Real processes: one that claims to be alltoall.py of this trial's cluster (its argv and MESHD_* environment),
+    alive although its 'daemon' exited long ago, is judged late, found by the /proc scan, and killed."""
+    peers = ["127.0.0.1:1", "127.0.0.1:2"]
+    env = {**os.environ, "MESHD_CLUSTER": "chaos-test", "MESHD_PEERS": ",".join(peers), "MESHD_INDEX": "1"}
+    env["MESHD_EPOCH"] = "9"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)", str(ALLTOALL)]
+    elsewhere = {**env, "MESHD_PEERS": "127.0.0.1:3,127.0.0.1:4"}  # another run's cluster of the same name
+    with subprocess.Popen(sleeper, env=env) as stray, subprocess.Popen(sleeper, env=elsewhere) as other:
+        try:
+            watch = WorkerWatch("chaos-test", peers, stop_grace=0.1)
+            daemon = types.SimpleNamespace(pid=os.getpid(), slot=1, events=[], exited=None)
+            deadline = time.monotonic() + 10
+            while not (seen := watch.look([daemon], {})) and time.monotonic() < deadline:
+                time.sleep(0.05)  # until the interpreter replaced the fork's argv and environment
+            assert [(one.pid, one.index, one.epoch) for one in seen] == [(stray.pid, 1, "9")]  # not another cluster's
+            assert watch.judge_exits(time.time()) == []  # its daemon is alive
+            daemon.exited = time.time() - 5.0
+            [late] = watch.judge_exits(time.time())
+            assert late.pid == stray.pid and late.daemon is daemon and watch.judge_exits(time.time()) == []
+            assert [one.pid for one in watch.kill_leftovers()] == [stray.pid]
+            assert stray.wait(timeout=10) == -signal.SIGKILL and not alive(stray.pid, late.start)
+            assert other.poll() is None  # another run's process is left alone
+        finally:
+            stray.kill()
+            other.kill()

@@ -6,6 +6,9 @@ netns when root with ``ip`` and ``nft``) and epoch mode (fixed epochs from a con
 ``--trials`` trials run one after the other, each a fresh cluster of ``--size`` daemons: formation, ``--faults``
 faults from the trial's seed, then a quiet period in which every process must be ready in one epoch within the
 design's bound B (docs/design.md §5).
+With ``--workers`` every daemon runs ``examples/alltoall.py`` as its worker (``meshd run --exec``) and the trials also
+judge the workers (``tools.chaos.workers``): no worker exchanged data with another generation, every slot ends with
+exactly one worker of the final generation, and no worker outlived its daemon.
 Prints one line per trial and a summary table; writes ``chaos.json`` (settings, summary, every trial with its
 schedule, exits, processes and violations) and ``chaos.png`` (recovery-time CDF and histogram) to ``--out``.
 Exits 0 when every trial converged with no violation, 1 otherwise, 2 on a usage error.
@@ -32,8 +35,9 @@ from meshd.config import Timeouts
 from meshd.core.bounds import liveness_bound
 from tools.chaos.faults import plan
 from tools.chaos.netns import LOOPBACK, Hosts, Namespaces, clean_stale, netns_unavailable
-from tools.chaos.report import plot, summarize, table, write_json
+from tools.chaos.report import plot, summarize, table, worker_line, write_json
 from tools.chaos.trial import Trial, TrialSpec
+from tools.chaos.workers import summary as worker_summary
 from tools.ports import LowPorts
 
 MODES = ("fixed", "auto")
@@ -72,6 +76,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-time", type=float, default=START_TIME, help=f"S in B (default {START_TIME} s)")
     parser.add_argument("--out", type=Path, default=Path("chaos-out"), help="output directory (default chaos-out/)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs of passing trials too")
+    parser.add_argument(
+        "--workers", action="store_true", help="every daemon runs examples/alltoall.py as its worker (--exec)"
+    )
     args = parser.parse_args(argv)
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not args.modes or any(mode not in MODES for mode in args.modes):
@@ -100,6 +107,12 @@ def describe(record: dict[str, Any]) -> str:
     outcome = f"ready {record['recovery']:.2f}s after the last fault" if record["converged"] else "DID NOT CONVERGE"
     exits = {slot: codes for slot, codes in record["exits"].items() if codes}
     text = f"{record['mode']}/{record['net']} seed {record['seed']}: {faults} -> {outcome}; exits {exits}"
+    if record.get("workers"):
+        workers = record["workers"]
+        text += (
+            f"; workers: {workers['started']} started in {workers['generations']} generations, "
+            f"worker exits {workers['exits']}, {workers['without_exit_event']} without a worker_exited event"
+        )
     for violation in record["violations"]:
         text += f"\n    VIOLATION {violation['kind']}: {violation['detail']}"
     return text
@@ -131,6 +144,7 @@ async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: l
                         faults=plan(seed, args.size, mode, hosts.partitions, args.faults),
                         bound=settings["bound"],
                         settle=args.settle,
+                        workers=args.workers,
                     )
                     workdir = logs / f"{net}-{mode}-seed{seed}"
                     await trio.to_thread.run_sync(fresh_directory, workdir)
@@ -186,26 +200,31 @@ def main(argv: list[str] | None = None) -> int:
         "delta": DELTA,
         "bound": bound,
         "settle": args.settle,
+        "workers": args.workers,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
     }
     say(
         f"{args.trials} trials per mode and network: modes {args.modes}, networks {args.net}, {args.size} daemons, "
         f"{args.faults} faults per trial, first seed {args.seed}; B = {bound:.2f}s"
+        + ("; every daemon runs examples/alltoall.py as its worker" if args.workers else "")
     )
     trials: list[dict[str, Any]] = []
     try:
         trio.run(run, args, settings, trials)
     finally:
         rows = summarize(trials) if trials else []
-        write_json(args.out / "chaos.json", settings, rows, trials)
+        workers = worker_summary(trials) if args.workers else None
+        write_json(args.out / "chaos.json", settings, rows, trials, workers)
         if trials:
             plot(args.out / "chaos.png", trials)
             print(table(rows), flush=True)
+        if workers is not None:
+            say(worker_line(workers))
         say(f"wrote {args.out / 'chaos.json'}" + (f" and {args.out / 'chaos.png'}" if trials else ""))
     expected = len(args.net) * len(args.modes) * args.trials
     failed = [trial for trial in trials if not trial["converged"] or trial["violations"]]
-    same = f"--size {args.size} --faults {args.faults}"
+    same = f"--size {args.size} --faults {args.faults}" + (" --workers" if args.workers else "")
     for trial in failed:
         replay = f"scripts/chaos --seed {trial['seed']} --trials 1 --modes {trial['mode']} --net {trial['net']}"
         say(f"failed: {trial['mode']}/{trial['net']} seed {trial['seed']} (replay: {replay} {same})")

@@ -11,6 +11,16 @@ can judge, flagged into the same list of violations:
   does not exit 1 after ``timeouts.bind``;
 - the exit bound (docs/design.md §5): a slot that was never killed exits 75 at most once per death in the trial, and
   no slot exits 75 more than once after the last fault.
+
+In worker mode (``--workers``: every daemon runs ``examples/alltoall.py``), also the workers' promises:
+- no worker exchanged data with another generation: no typed ``worker_exited`` says exit 3 (a block or header that
+  is not the one its generation's peer sends); a worker that crashed (exit 1, or 2: no mesh) is flagged too, and so
+  is a daemon's exit 70 (its worker failed) unless its typed ``worker_exited`` says its worker ended by shared fate
+  (exit 4: a peer's socket ended and no SIGTERM followed); an exit 70 with no ``worker_exited`` event at all is a
+  violation too (the daemon publishes it, and drains its watchers, before it exits). No log line is read;
+- a worker started in the daemon's own generation (with fixed epochs, the epoch the controller gave it);
+- after the last fault, every slot runs exactly one worker, running in its slot's epoch, the same on every slot;
+- no worker outlived its daemon by more than ``stop_grace`` + 1 s, and none outlived the trial.
 """
 
 from __future__ import annotations
@@ -19,13 +29,29 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from meshd.core.status import Fenced, LinkUp, MeshEvent, MeshState, PeerState, StateChanged, Status
+from meshd.core.status import (
+    Fenced,
+    LinkUp,
+    MeshEvent,
+    MeshState,
+    PeerState,
+    StateChanged,
+    Status,
+    WorkerExited,
+    WorkerStarted,
+    WorkerState,
+)
 from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
 from meshd.safety import Observation, SafetyChecker, Violation
 
 ALLOWED_EXITS = (ExitCode.OK, ExitCode.FAILURE, ExitCode.FENCED)
 MEMBER_REPLACED = "member_replaced"
+# examples/alltoall.py's exit codes: 3 a block or header that is not its generation's; 1 a crash, 2 no mesh; 4 a
+# peer's socket ended mid-run and no SIGTERM followed within its grace (shared fate: allowed, and counted).
+WORKER_CORRUPT = 3
+WORKER_CRASHED = (1, 2)
+WORKER_SHARED_FATE = 4
 
 
 def fence_is_proven(fence: Fenced) -> bool:
@@ -71,12 +97,14 @@ class TrialChecker:
         last_status: Status | None,
         epoch: Epoch | None,
         at: float,
+        also_allowed: Sequence[int] = (),
     ) -> None:
-        """One exit: a code the design allows, and a proof before every 75 (S5). ``last_status`` is the process's
-        status as last seen (None: never), ``epoch`` the one it ran in when known."""
+        """One exit: a code the design allows (or one of ``also_allowed``), and a proof before every 75 (S5).
+        ``last_status`` is the process's status as last seen (None: never), ``epoch`` the one it ran in when
+        known."""
         if caused_by_runner:
             return
-        if code not in ALLOWED_EXITS:
+        if code not in ALLOWED_EXITS and code not in also_allowed:
             self.flag("exit-code", f"{who} exited {code}", at)
         if code != ExitCode.FENCED:
             return
@@ -119,3 +147,73 @@ class TrialChecker:
             fenced = exits.get(slot, []).count(ExitCode.FENCED)
             if fenced > deaths:
                 self.flag("exit-bound", f"surviving slot {slot} exited 75 {fenced} times for {deaths} deaths", at)
+
+    # ----- worker mode
+
+    def worker_exits(self, who: str, events: Iterable[MeshEvent], at: float) -> None:
+        """A daemon's typed worker events: no worker got a block from another generation (exit 3), none crashed."""
+        for event in events:
+            if not isinstance(event, WorkerExited):
+                continue
+            if event.exit == WORKER_CORRUPT:
+                self.flag(
+                    "worker-mismatch",
+                    f"{who}: worker pid {event.pid} of epoch {event.epoch} exited 3 (data from another generation, "
+                    f"or corrupt): {event.reason}",
+                    at,
+                )
+            elif event.exit in WORKER_CRASHED:
+                self.flag("worker-failed", f"{who}: worker pid {event.pid} exited {event.exit}: {event.reason}", at)
+
+    def worker_death(self, who: str, code: int, events: Sequence[MeshEvent], at: float) -> None:
+        """A daemon exit 70 (its worker failed) is allowed only when its typed ``worker_exited`` says its worker ended
+        by shared fate (exit 4). The daemon publishes that event and drains its watchers before it exits, so an exit
+        70 without one is a violation: nothing typed says why its worker failed."""
+        if code != ExitCode.WORKER_FAILED:
+            return
+        ends = [event for event in events if isinstance(event, WorkerExited)]
+        if not ends:
+            self.flag("worker-failed", f"{who} exited 70: no worker_exited event", at)
+        elif ends[-1].exit != WORKER_SHARED_FATE:
+            self.flag("worker-failed", f"{who} exited 70: {ends[-1].reason}", at)
+
+    def worker_epoch(self, who: str, expected: Epoch | None, events: Iterable[MeshEvent], at: float) -> None:
+        """A worker starts in its daemon's generation: with fixed epochs, the one its daemon was started with."""
+        started = [event for event in events if isinstance(event, WorkerStarted)]
+        if len(started) > 1:
+            self.flag("worker-final", f"{who} started {len(started)} workers (one per daemon, ever)", at)
+        for event in started:
+            if expected is not None and event.epoch != expected:
+                self.flag("worker-epoch", f"{who}: worker pid {event.pid} started in {event.epoch}, not {expected}", at)
+
+    def worker_outlived(self, who: str, pid: int, late: float, at: float) -> None:
+        self.flag("worker-outlived", f"{who}: worker pid {pid} still alive {late:.1f}s after its daemon exited", at)
+
+    def workers_final(self, problems: Sequence[str], at: float) -> None:
+        if problems:
+            self.flag("worker-final", f"after the last fault: {'; '.join(problems)}", at)
+
+
+def final_worker_problems(statuses: Sequence[Status | None], live: Mapping[int, Sequence[int]]) -> list[str]:
+    """Why the slots do not each run exactly one worker of the final generation: every status (one per slot, by
+    index) shows its worker running in the slot's epoch, one epoch on every slot, and the live worker processes of
+    each slot (/proc: slot -> pids) are exactly that one. Empty when they do."""
+    problems = []
+    epochs = {status.epoch for status in statuses if status is not None}
+    if len(epochs) > 1:
+        problems.append(f"slots in epochs {sorted(map(str, epochs))}")
+    for slot, status in enumerate(statuses):
+        if status is None:
+            problems.append(f"slot {slot} does not answer")
+            continue
+        worker = status.worker
+        if worker.state is not WorkerState.RUNNING:
+            problems.append(f"slot {slot}'s worker is {worker.state or 'not started'}")
+        elif worker.epoch != status.epoch:
+            problems.append(f"slot {slot}'s worker runs in epoch {worker.epoch}, the slot in {status.epoch}")
+        pids = list(live.get(slot, ()))
+        if len(pids) != 1:
+            problems.append(f"slot {slot} has {len(pids)} live workers {pids}")
+        elif worker.pid is not None and pids != [worker.pid]:
+            problems.append(f"slot {slot}'s live worker is pid {pids[0]}, its status names pid {worker.pid}")
+    return problems

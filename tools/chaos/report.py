@@ -89,8 +89,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     return render(head, cells, aligned=False)
 
 
-def write_json(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:
-    path.write_text(json.dumps({"settings": settings, "summary": rows, "trials": trials}, indent=1), encoding="utf-8")
+def write_json(
+    path: Path,
+    settings: dict[str, Any],
+    rows: list[dict[str, Any]],
+    trials: list[dict[str, Any]],
+    workers: dict[str, Any] | None = None,
+) -> None:
+    report: dict[str, Any] = {"settings": settings, "summary": rows, "trials": trials}
+    if workers is not None:
+        report["workers"] = workers
+    path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def worker_line(workers: dict[str, Any]) -> str:
+    """The worker-mode summary of a campaign, one line."""
+    exits = ", ".join(f"{code}x{count}" for code, count in workers["exits"].items()) or "none"
+    return (
+        f"workers: {workers['trials']} trials, {workers['started']} workers started in {workers['generations']} "
+        f"generations, worker exits {exits} (typed events), {workers['without_exit_event']} without a worker_exited "
+        f"event (a killed daemon publishes none; any other the watch missed); {workers['violations']} worker violations"
+    )
 
 
 def plot(path: Path, trials: list[dict[str, Any]]) -> None:

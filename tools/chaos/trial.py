@@ -12,6 +12,10 @@ trial ends, however it ends, and dies with the runner in any case.
 
 No fact comes from a log line: whether a second process got its mesh port is read from the kernel (it holds a
 listening socket: ``listens``), polled while it lives; fences are the typed ``Fenced`` events of the admin watch.
+
+With ``workers`` every daemon runs ``examples/alltoall.py`` (``--exec``, through the controller's extra arguments);
+``tools.chaos.workers`` follows the workers (typed worker events, statuses, /proc) and the checks judge them; what
+the workers print goes to the daemons' logs for a human to read, never to the checks.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from meshd.core.generation import EpochMode
 from meshd.core.status import Fenced, Status
 from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
-from tools.chaos.checks import TrialChecker, observation, violation_json
+from tools.chaos.checks import TrialChecker, final_worker_problems, observation, violation_json
 from tools.chaos.faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault
 from tools.chaos.netns import Hosts, NetError
+from tools.chaos.workers import OUTLIVE_SLACK, WATCH_INTERVAL, WorkerWatch, exec_args
 
 # How often a condition on one process (it listens, it exited) is checked, and how often every slot is polled.
 EXIT_POLL = 0.02
@@ -47,6 +52,8 @@ STATUS_TIMEOUT = 1.0
 DUPLICATE_GRACE = 8.0
 # How long a twin may take to start listening; its fault's duration counts from then.
 TWIN_START_LIMIT = 5.0
+# How long the admin watches of stopped processes may take to read their last events and end.
+WATCH_DRAIN = 5.0
 # Lines of each daemon's log shown when a trial fails.
 LOG_TAIL_LINES = 15
 # Roles of the processes a trial starts: the slot's own (a member, or a member started with a stale epoch), and
@@ -54,6 +61,9 @@ LOG_TAIL_LINES = 15
 MEMBER, STALE_START, DUPLICATE_START, TWIN_START = "member", "stale", "duplicate", "twin"
 # /proc/net/tcp's state column for a listening socket.
 TCP_LISTEN = "0A"
+# Worker mode: how long after the recovered mesh held every slot may take to show its one worker of the final
+# generation running (a worker starts once its daemon is ready and its data connections exist: well under this).
+WORKER_START_LIMIT = 5.0
 
 
 def listens(pid: int) -> bool:
@@ -90,6 +100,7 @@ class TrialSpec:
     faults: list[Fault]
     bound: float  # the design's B for this configuration, seconds
     settle: float  # how long a converged mesh must then hold, seconds
+    workers: bool = False  # every daemon runs examples/alltoall.py as its worker
 
 
 @dataclass
@@ -116,15 +127,21 @@ class ChaosController(Controller):
         mode = EpochMode.AUTO if trial.spec.mode == "auto" else EpochMode.FIXED
         admins = [trial.hosts.admin(index) for index in range(trial.spec.size)]
         policy = EpochController(mode, current=BASE_EPOCH)
-        super().__init__(config=config, admins=admins, policy=policy, workdir=trial.workdir, name=name)
+        extra = exec_args() if trial.spec.workers else ()
+        super().__init__(
+            config=config, admins=admins, policy=policy, workdir=trial.workdir, name=name, extra_args=extra
+        )
         self.trial = trial
         self.pending_stale: dict[int, int] = {}  # slot -> the stale epoch its next start gets
         self.twins: dict[int, str] = {}  # slot -> the namespace of its twin
+        self.watches: dict[int, trio.Event] = {}  # id(incarnation) -> set once its admin watch ended
 
     def command(self, slot: int, epoch: int | str, role: str) -> list[str]:
         hosts = self.trial.hosts
         if role == TWIN_START:
-            argv = run_argv(self.config, slot, epoch, hosts.twin_admin(slot), ("--log-format", "json"))
+            argv = run_argv(
+                self.config, slot, epoch, hosts.twin_admin(slot), ("--log-format", "json", *self.extra_args)
+            )
             return hosts.command_in(self.twins[slot], argv)
         return hosts.command(slot, super().command(slot, epoch, role))
 
@@ -137,7 +154,20 @@ class ChaosController(Controller):
         would make the watch retry against that one for its whole life), a twin answers on an admin port of its own.
         Whether either got the port is read from the kernel instead (``listens``)."""
         if incarnation.role in (MEMBER, STALE_START):
-            await super().follow(incarnation)
+            ended = self.watches[id(incarnation)] = trio.Event()
+            try:
+                await super().follow(incarnation)
+            finally:
+                ended.set()
+
+    async def watches_ended(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until the admin watch of every watched process ended: it read every event its
+        process published before it exited (a daemon drains its watchers before it ends)."""
+        with trio.move_on_after(timeout):
+            for ended in list(self.watches.values()):
+                await ended.wait()
+            return True
+        return False
 
     async def exited(self, incarnation: Incarnation, code: int) -> None:
         await self.trial.retire_duplicates(incarnation.slot)
@@ -163,6 +193,7 @@ class Trial:
         self.polled = trio.Event()
         self.applied: list[Applied] = []
         self.t0: float | None = None  # wall clock when the last fault ended
+        self.workers = WorkerWatch(name, [str(peer) for peer in peers]) if spec.workers else None
 
     @property
     def fixed(self) -> bool:
@@ -276,6 +307,88 @@ class Trial:
         if self.exits() != exits_before:
             problems.append(f"exits changed from {exits_before} to {self.exits()}")
         return problems
+
+    # ----- workers
+
+    async def watch_workers(self) -> None:
+        """Worker mode, for the whole trial: note every worker (events, statuses, /proc); after each daemon exit,
+        flag a worker of it that is still alive ``stop_grace`` + 1 s later."""
+        assert self.workers is not None
+        while True:
+            await self._look_at_workers()
+            await trio.sleep(WATCH_INTERVAL)
+
+    async def _look_at_workers(self) -> list[Any]:
+        assert self.workers is not None
+        daemons = self.controller.processes()
+        seen = await trio.to_thread.run_sync(self.workers.look, daemons, dict(self.last_status))
+        now = time.time()
+        for worker in self.workers.judge_exits(now):
+            daemon = worker.daemon
+            assert daemon is not None and daemon.exited is not None
+            who = f"slot {daemon.slot} ({daemon.role}, pid {daemon.pid}, exit {daemon.code})"
+            self.checker.worker_outlived(who, worker.pid, now - daemon.exited, now)
+        return seen
+
+    async def final_workers(self) -> None:
+        """After the recovered mesh held: every slot runs exactly one worker, running in the slot's epoch, one epoch
+        everywhere (its status) and one live process per slot (/proc); waited for up to WORKER_START_LIMIT."""
+        deadline = time.time() + WORKER_START_LIMIT
+        problems: list[str] = []
+        while True:
+            await self.polled.wait()
+            seen = await self._look_at_workers()
+            live: dict[int, list[int]] = {}
+            for process in seen:
+                if process.index is not None:
+                    live.setdefault(process.index, []).append(process.pid)
+            problems = final_worker_problems(self.latest, live)
+            if not problems or time.time() > deadline:
+                break
+        self.checker.workers_final(problems, time.time())
+
+    async def end_workers(self) -> None:
+        """Worker mode, once every daemon is gone: each daemon's workers gone within ``stop_grace`` + 1 s of its
+        exit (polled until then), and no worker of the trial alive at all; leftovers are flagged and killed."""
+        assert self.workers is not None
+        exits = [inc.exited for inc in self.controller.processes() if inc.exited is not None]
+        limit = max(exits, default=time.time()) + self.workers.stop_grace + OUTLIVE_SLACK
+        while True:
+            seen = await self._look_at_workers()
+            if not seen or time.time() > limit:
+                break
+            await trio.sleep(WATCH_INTERVAL)
+        for process in await trio.to_thread.run_sync(self.workers.kill_leftovers):
+            detail = f"worker pid {process.pid} of slot {process.index} (epoch {process.epoch}) outlived the trial"
+            self.checker.flag("worker-outlived", detail + ": killed", time.time())
+
+    def _check_workers(self, now: float) -> dict[str, Any]:
+        """The typed worker events of every daemon, judged; the trial's worker figures."""
+        assert self.workers is not None
+        generations: set[str] = set()
+        exits: dict[str, int] = {}
+        started = 0
+        for inc in self.controller.processes():
+            who = f"slot {inc.slot} ({inc.role}, pid {inc.pid})"
+            self.checker.worker_exits(who, inc.events, now)
+            expected = Epoch(int(inc.epoch)) if self.fixed and inc.role == MEMBER else None
+            self.checker.worker_epoch(who, expected, inc.events, now)
+            if inc.code is not None and not inc.killed and not inc.stopping:
+                self.checker.worker_death(who, inc.code, inc.events, now)
+            epochs = [str(event.epoch) for _, event in self.workers.started_events([inc])]
+            generations.update(epochs)
+            started += len(epochs)
+            for _, event in self.workers.exited_events([inc]):
+                key = str(event.exit)
+                exits[key] = exits.get(key, 0) + 1
+        known = len(self.workers.workers)
+        return {
+            "started": max(started, known),
+            "generations": len(generations),
+            "exits": dict(sorted(exits.items())),
+            # Workers with no worker_exited event: those of killed daemons (a kill -9 publishes none), and any missed.
+            "without_exit_event": max(started, known) - sum(exits.values()),
+        }
 
     # ----- faults
 
@@ -399,11 +512,16 @@ class Trial:
                 self.kill_second(second)
         running = [incarnation for incarnation in self.members() if incarnation.running]
         await self.controller.stop()
-        return [
+        notes = [
             f"slot {incarnation.slot} pid {incarnation.pid} ignored SIGTERM for a while: killed"
             for incarnation in running
             if incarnation.killed
         ]
+        # Every process has exited; its watch still has to read the events it published last (the trial's nursery,
+        # and the watches in it, are cancelled next).
+        if not await self.controller.watches_ended(WATCH_DRAIN):
+            notes.append(f"an admin watch did not end within {WATCH_DRAIN:.0f}s of its process's exit")
+        return notes
 
     def logs(self) -> str:
         """The tail of every daemon's log, for a failed trial."""
@@ -424,6 +542,8 @@ class Trial:
                 started = time.time()
                 await nursery.start(self.controller.run)
                 nursery.start_soon(self.monitor)
+                if self.workers is not None:
+                    nursery.start_soon(self.watch_workers)
                 formed, problems = await self.wait_converged(started, started + spec.bound)
                 if formed is None:
                     why = f"no ready mesh within B = {spec.bound:.1f}s: {problems}"
@@ -446,6 +566,8 @@ class Trial:
                         held = await self.hold(recovered)
                         if held:
                             self.checker.flag("unstable", f"the recovered mesh did not hold: {held}", time.time())
+                        if self.workers is not None:
+                            await self.final_workers()
                     record["faults"] = [applied.to_json(origin) for applied in self.applied]
                     record["not_applied"] = [f.to_json() for f in spec.faults[len(self.applied) :]]
                 notes = await self.stop()
@@ -455,11 +577,15 @@ class Trial:
                 await self.controller.stop()  # however the trial ended (done already when it ended well)
                 with contextlib.suppress(NetError):
                     await trio.to_thread.run_sync(self.hosts.heal)  # no partition outlives the trial
+                if self.workers is not None:
+                    await self.end_workers()
         for note in notes:
             self.checker.flag("stop", note, time.time())
         if self.controller.failure is not None:
             self.checker.flag("controller", self.controller.failure, time.time())
         self._check_processes()
+        if self.workers is not None:
+            record["workers"] = self._check_workers(time.time())
         record.setdefault("faults", [])
         record.setdefault("not_applied", [fault.to_json() for fault in spec.faults])
         record["exits"] = {str(slot): codes for slot, codes in self.exits().items()}
@@ -521,7 +647,11 @@ class Trial:
                 fences = [event for event in inc.events if isinstance(event, Fenced)]
                 status = self.last_status.get(inc, inc.snapshot)
                 who = f"slot {inc.slot} ({inc.role})"
-                self.checker.exited(who, code, inc.killed, fences, status, self._epoch(inc, fences), now)
+                # Worker mode: a daemon whose worker failed exits 70 (a death for the controller); the worker checks
+                # judge whether that failure was allowed (shared fate) or a violation.
+                allowed = (ExitCode.WORKER_FAILED,) if self.workers is not None else ()
+                epoch = self._epoch(inc, fences)
+                self.checker.exited(who, code, inc.killed, fences, status, epoch, now, also_allowed=allowed)
                 self.checker.fenced_by_stale(fences, stale_epochs, now)
         hit = {slot for applied in self.applied if applied.fault.kind in (KILL, STALE) for slot in applied.fault.slots}
         survivors = [slot for slot in range(self.spec.size) if slot not in hit]
