@@ -39,6 +39,8 @@ class EventBus:
 
     def __init__(self) -> None:
         self._watchers: dict[trio.MemorySendChannel[MeshEvent], Watcher] = {}
+        self.closed = False
+        self._left = trio.Event()  # set (and replaced) whenever a watcher leaves
         self._observers: list[Callable[[MeshEvent], None]] = []
 
     def observe(self, observer: Callable[[MeshEvent], None]) -> None:
@@ -48,12 +50,25 @@ class EventBus:
     def publish(self, event: MeshEvent) -> None:
         for observer in self._observers:
             observer(event)
+        if self.closed:
+            return  # the watchers' streams have ended
         for channel in list(self._watchers):
             try:
                 channel.send_nowait(event)
             except (trio.WouldBlock, trio.BrokenResourceError):
                 self._watchers.pop(channel, None)
                 channel.close()
+
+    def close(self) -> None:
+        """The last event is out: every watcher's stream ends once it has taken what is queued."""
+        self.closed = True
+        for channel in self._watchers:
+            channel.close()
+
+    async def finished(self) -> None:
+        """Return once every watcher is gone (after ``close``: each one closed its connection)."""
+        while self._watchers:
+            await self._left.wait()
 
     async def drained(self) -> None:
         """Return once every watcher has handled every event published so far (see ``Watcher``)."""
@@ -65,9 +80,13 @@ class EventBus:
         send, receive = trio.open_memory_channel[MeshEvent](WATCH_BUFFER)
         watcher = Watcher(receive)
         self._watchers[send] = watcher
+        if self.closed:
+            send.close()
         try:
             with receive:
                 yield watcher
         finally:
             self._watchers.pop(send, None)
             send.close()
+            self._left.set()
+            self._left = trio.Event()

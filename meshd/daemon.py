@@ -394,6 +394,9 @@ class Daemon:
                 await self._worker_reported.wait()
         with trio.move_on_after(DRAIN_LIMIT):
             await self.bus.drained()
+        self.bus.close()
+        with trio.move_on_after(DRAIN_LIMIT):
+            await self.bus.finished()
 
     async def _accept_all(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
         with self._accepting:

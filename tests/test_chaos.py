@@ -143,6 +143,8 @@ def test_chaos_with_alltoall_workers_on_loopback(tmp_path):
         # The first generation's workers, then (after the kill) the recovered generation's: one per slot each.
         assert workers["started"] >= 2 * SIZE and workers["generations"] >= 2, f"{name}: {workers}\n{output}"
         assert "3" not in workers["exits"], f"{name}: {workers}"
+        # Every worker of the final generation, stopped with its daemon, is reported by a typed event.
+        assert sum(workers["exits"].values()) >= SIZE, f"{name}: {workers}"
     summary = report["workers"]
     assert summary["trials"] == 2 and summary["violations"] == 0, summary
     assert "workers: 2 trials" in output and "0 worker violations" in output, output

@@ -38,12 +38,16 @@ if TYPE_CHECKING:
 MAX_REQUEST_BYTES = 64 * 1024
 # Websocket close code (policy violation) for a watcher that could not keep up with the events.
 WATCHER_DROPPED = 1008
+# Websocket close code (going away) for every watcher when the daemon ends.
+GOING_AWAY = 1001
+# How long the close handshake with a watcher may take at the daemon's end.
+CLOSE_TIMEOUT = 0.5
 
 
 class Served(Protocol):
     """What the admin websocket serves (the Daemon): the status and start answers come in their JSON form."""
 
-    bus: EventBus
+    bus: EventBus  # closed when the daemon ends
 
     def status(self) -> dict[str, Any]: ...
 
@@ -76,12 +80,19 @@ class AdminSession:
                     await self.send(error.to_json())
 
     async def _stream_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.daemon.bus.subscribe() as events:
+        """The snapshot, then every event; at the daemon's end (the bus closed) a polite close, so that the watcher
+        reads every event before the connection ends, instead of a reset that may discard the last ones."""
+        bus = self.daemon.bus
+        with bus.subscribe() as events:
             await self.send(snapshot_json(self.daemon.status()))
             task_status.started()
             async for event in events:
                 await self.send(event.to_json())
-        await self.ws.aclose(WATCHER_DROPPED, "watcher fell too far behind the event stream")
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                if bus.closed:
+                    await self.ws.aclose(GOING_AWAY, "the daemon ends")
+                else:
+                    await self.ws.aclose(WATCHER_DROPPED, "watcher fell too far behind the event stream")
 
 
 async def serve_admin(
