@@ -15,6 +15,17 @@ from meshd.children import die_with_parent, libc_prctl
 from meshd.core.address import Address
 
 HOST = "127.0.0.1"
+# Timeouts of clusters on one host that must notice faults in a fraction of a second (the real-process tests, chaos):
+# trials take seconds, and the bound B follows from them.
+FAST_TIMEOUTS: dict[str, float] = {
+    "connect": 0.5,
+    "handshake": 0.5,
+    "heartbeat_interval": 0.1,
+    "heartbeat_timeout": 0.5,
+    "backoff_initial": 0.05,
+    "backoff_max": 0.5,
+    "bind": 2.0,
+}
 
 
 class PortAllocator:

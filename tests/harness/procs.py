@@ -41,7 +41,7 @@ from meshd.admin.messages import SNAPSHOT, StatusRequest
 from meshd.cluster import spawn as cluster_spawn
 from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
-from meshd.cluster.spawn import PortAllocator, meshd_argv, run_argv
+from meshd.cluster.spawn import FAST_TIMEOUTS, PortAllocator, meshd_argv, run_argv
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
 from meshd.core.status import Status
@@ -51,16 +51,6 @@ HOST = cluster_spawn.HOST
 DEADLINE = 20.0
 # Bound on one admin status request.
 STATUS_TIMEOUT = 3.0
-# Short timeouts so that failures are detected (and tests finish) quickly.
-FAST_TIMEOUTS: dict[str, float] = {
-    "connect": 0.5,
-    "handshake": 0.5,
-    "heartbeat_interval": 0.1,
-    "heartbeat_timeout": 0.5,
-    "backoff_initial": 0.05,
-    "backoff_max": 0.5,
-    "bind": 2.0,
-}
 # How much of each log goes into a failure message.
 LOG_TAIL_CHARS = 6000
 # What a request to a daemon that is not there (or dies while answering) raises.

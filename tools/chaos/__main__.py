@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from meshd.cluster.controller import RESTART_DELAY
+from meshd.cluster.spawn import FAST_TIMEOUTS
 from meshd.config import Timeouts
 from meshd.core.bounds import liveness_bound
 from tools.chaos.faults import plan
@@ -42,16 +43,6 @@ from tools.ports import LowPorts
 
 MODES = ("fixed", "auto")
 NETS = ("loopback", "netns")
-# Short timeouts, as the real-process tests use, so that a trial takes seconds; B follows from them.
-TIMEOUTS: dict[str, float] = {
-    "connect": 0.5,
-    "handshake": 0.5,
-    "heartbeat_interval": 0.1,
-    "heartbeat_timeout": 0.5,
-    "backoff_initial": 0.05,
-    "backoff_max": 0.5,
-    "bind": 2.0,
-}
 # S in B: `meshd run` to listening, upper bound on this loaded 2-core machine (the README measures 0.2-0.45 s).
 START_TIME = 1.0
 # δ in B: message delay between live processes after the last fault (loopback or a bridge: far below this).
@@ -140,7 +131,7 @@ async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: l
                         seed=seed,
                         mode=mode,
                         size=args.size,
-                        timeouts=TIMEOUTS,
+                        timeouts=FAST_TIMEOUTS,
                         faults=plan(seed, args.size, mode, hosts.partitions, args.faults),
                         bound=settings["bound"],
                         settle=args.settle,
@@ -185,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         removed = clean_stale()
         if removed:
             say(f"removed namespaces and links of dead runs: {', '.join(removed)}")
-    timeouts = Timeouts(**TIMEOUTS)
+    timeouts = Timeouts(**FAST_TIMEOUTS)
     bound = math.ceil(100 * liveness_bound(timeouts, args.size, RESTART_DELAY, args.start_time, DELTA)) / 100  # B, up
     settings = {
         "size": args.size,
@@ -194,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_seed": args.seed,
         "modes": args.modes,
         "nets": args.net,
-        "timeouts": TIMEOUTS,
+        "timeouts": FAST_TIMEOUTS,
         "restart_delay": RESTART_DELAY,
         "start_time": args.start_time,
         "delta": DELTA,
