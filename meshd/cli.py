@@ -170,8 +170,8 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a daemon. Its mesh port listens before trio and the protocol load (``meshd.listen``); from then on a
-    SIGTERM or SIGINT is noted and stops the daemon in order once it runs."""
+    """Run a daemon. Its mesh and admin ports listen before trio and the protocol load (``meshd.listen``); from
+    then on a SIGTERM or SIGINT is noted and stops the daemon in order once it runs."""
     from meshd import config as configuration
     from meshd.listen import open_listening_sockets
 
@@ -182,9 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         listening = {}
         if index is not None and 0 <= index < config.size:
-            mesh = config.cluster.peers[index]
-            with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
-                listening[mesh] = open_listening_sockets(mesh)
+            for address in (config.cluster.peers[index], args.admin or config.admin.listen):
+                with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
+                    listening[address] = open_listening_sockets(address)
         return _run_daemon(args, config, listening, early_signals)
     finally:
         for signum, handler in previous.items():

@@ -8,6 +8,7 @@ single conversion point (``meshd.connection``); bind errors are retried here and
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -47,9 +48,19 @@ class TcpNetwork:
 
     async def listen(self, address: Address) -> Sequence[trio.SocketListener]:
         sockets = self._listening.pop(address, None)
-        if sockets is None:
+        if sockets is None and _numeric(address.host):
+            sockets = open_listening_sockets(address)  # no name to resolve: nothing blocks
+        elif sockets is None:
             sockets = await trio.to_thread.run_sync(open_listening_sockets, address)
         return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+
+
+def _numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_os_error(exc: OSError) -> str:
