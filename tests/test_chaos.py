@@ -1,10 +1,12 @@
 """scripts/chaos (``tools.chaos``) in CI: a short, hard-bounded campaign of real processes in both epoch modes, on
 loopback and (as root with ``ip`` and ``nft``) across network namespaces, judged on its JSON; and the checks it runs
 (the one safety checker, ``meshd.safety``, with the runner's own on top) shown able to fail, S5 on a real Fenced;
-worker mode (``--workers``: every daemon runs examples/alltoall.py) on loopback, and its checks shown able to fail."""
+worker mode (``--workers``: every daemon runs examples/alltoall.py) on loopback, and its checks shown able to fail;
+``--worker bytewax`` side by side with its baseline (one trial each), when bytewax is installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -332,3 +334,47 @@ def test_worker_watch_finds_a_worker_that_outlived_its_daemon_and_one_that_outli
         finally:
             stray.kill()
             other.kill()
+
+
+# --worker bytewax: one meshd trial (auto epochs) and one baseline trial, 3 processes, seed 5's one fault (a kill -9
+# of slot 2 in both); bounded well under a minute on this loaded 2-core machine.
+BYTEWAX_SEED, BYTEWAX_TIMEOUT = 5, 60.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bytewax") is None, reason="bytewax is not installed")
+def test_chaos_bytewax_side_by_side_with_the_baseline(tmp_path):
+    """Under meshd the bytewax job completes a right window again in one generation within B + the start-up
+    allowance after a kill -9; the baseline (each process restarted alone) is judged on the same fault; every result
+    line of both is right; the comparison table, JSON and CDF plot are written."""
+    out = tmp_path / "chaos-bytewax"
+    argv = [sys.executable, "-m", "tools.chaos", "--worker", "bytewax", "--net", "loopback", "--modes", "auto"]
+    argv += ["--seed", str(BYTEWAX_SEED), "--trials", "1", "--faults", "1", "--size", "3", "--out", str(out)]
+    started = time.monotonic()
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            output, _ = proc.communicate(timeout=BYTEWAX_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                output, _ = proc.communicate(timeout=CLEANUP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+            pytest.fail(f"scripts/chaos --worker bytewax took over {BYTEWAX_TIMEOUT}s:\n{output}")
+    report = json.loads((out / "chaos.json").read_text(encoding="utf-8"))
+    assert proc.returncode == 0, f"scripts/chaos --worker bytewax exited {proc.returncode}:\n{output}"
+    (trial,) = report["trials"]
+    assert [fault["kind"] for fault in trial["faults"]] == ["kill"], output
+    assert trial["converged"] and trial["violations"] == [], f"{trial['violations']}\n{output}"
+    assert trial["progress"] is not None and trial["progress"] <= trial["bound"] + trial["startup"], output
+    assert trial["results"] > 0, output
+    (base,) = report["baseline"]
+    assert [fault["kind"] for fault in base["faults"]] == ["kill"], output
+    assert base["formed"] and base["recovered"] != base["wedged"], output
+    assert base["results"] > 0 and base["wrong_count"] == 0, output
+    meshd, restart_each = report["comparison"]
+    assert (meshd["setup"], meshd["trials"], meshd["recovered"]) == ("meshd", 1, 1), output
+    assert (restart_each["trials"], restart_each["recovered"] + restart_each["wedged"]) == (1, 1), output
+    assert "| meshd |" in output and "| baseline (restart each) |" in output, output
+    assert (out / "bytewax.png").stat().st_size > 0, output
+    assert time.monotonic() - started < BYTEWAX_TIMEOUT

@@ -95,10 +95,12 @@ def write_json(
     rows: list[dict[str, Any]],
     trials: list[dict[str, Any]],
     workers: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     report: dict[str, Any] = {"settings": settings, "summary": rows, "trials": trials}
     if workers is not None:
         report["workers"] = workers
+    report.update(extra or {})
     path.write_text(json.dumps(report, indent=1), encoding="utf-8")
 
 
@@ -131,8 +133,7 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
         recoveries = sorted(trial["recovery"] for trial in members if trial["converged"])
         stacks.append(recoveries)
         label = f"{mode} epochs, {net}: {len(recoveries)}/{len(members)} converged, B = {members[0]['bound']:.1f}s"
-        fractions = [(position + 1) / len(members) for position in range(len(recoveries))]
-        cdf.step([0.0, *recoveries], [0.0, *fractions], where="post", label=label)
+        _cdf(cdf, recoveries, len(members), label)
     names = [f"{mode}, {net}" for mode, net in grouped]
     histogram.hist(stacks, bins=edges, stacked=True, label=names)
     cdf.set_xlabel("time from the last fault to every process ready in one epoch (s)")
@@ -148,6 +149,89 @@ def plot(path: Path, trials: list[dict[str, Any]]) -> None:
     histogram.grid(alpha=0.3)
     histogram.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     histogram.set_title(f"histogram, {len(trials)} trials")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ----- --worker bytewax: meshd side by side with the baseline (bytewax restarted process by process)
+
+MESHD_ROW, BASELINE_ROW = "meshd", "baseline (restart each)"
+
+
+def _recovery_row(name: str, recoveries: list[float], trials: int, limit: str) -> dict[str, Any]:
+    return {
+        "setup": name,
+        "trials": trials,
+        "recovered": len(recoveries),
+        "wedged": trials - len(recoveries),
+        "median": percentile(recoveries, 0.5) if recoveries else None,
+        "p90": percentile(recoveries, 0.9) if recoveries else None,
+        "max": max(recoveries) if recoveries else None,
+        "limit": limit,
+        "recoveries": sorted(recoveries),
+    }
+
+
+def meshd_recovered(trial: dict[str, Any]) -> bool:
+    """A meshd trial with the bytewax job recovered: converged, no violation, a complete window again in time."""
+    return bool(trial["converged"] and not trial["violations"] and trial.get("progress") is not None)
+
+
+def comparison_rows(meshd: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows "meshd" and "baseline (restart each)": recovery = the last fault's end to a complete window again."""
+    mine = [trial["progress"] for trial in meshd if meshd_recovered(trial)]
+    limit = f"B + {meshd[0]['startup']:.0f}s" if meshd else "-"
+    theirs = [record["recovery"] for record in baseline if record["recovered"]]
+    limits = f"{baseline[0]['limit']:.0f}s" if baseline else "-"
+    rows = [
+        _recovery_row(MESHD_ROW, mine, len(meshd), limit),
+        _recovery_row(BASELINE_ROW, theirs, len(baseline), limits),
+    ]
+    rows[0]["limit_s"] = max((trial["bound"] + trial["startup"] for trial in meshd), default=None)
+    rows[1]["limit_s"] = baseline[0]["limit"] if baseline else None
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    head = ["setup", "trials", "recovered", "wedged", "median", "p90", "max", "limit"]
+    cells = []
+    for row in rows:
+        seconds = [_seconds(row["median"]), _seconds(row["p90"]), _seconds(row["max"])]
+        cells.append(
+            [row["setup"], str(row["trials"]), str(row["recovered"]), str(row["wedged"]), *seconds, row["limit"]]
+        )
+    return render(head, cells, aligned=False)
+
+
+def _cdf(axes: Any, recoveries: list[float], total: int, label: str, until: float | None = None) -> None:
+    """One step CDF of recovery times; trials that never recovered keep it below 1 (drawn on to ``until``)."""
+    recoveries = sorted(recoveries)
+    fractions = [(position + 1) / total for position in range(len(recoveries))] if total else []
+    xs, ys = [0.0, *recoveries], [0.0, *fractions]
+    if until is not None and until > xs[-1]:
+        xs, ys = [*xs, until], [*ys, ys[-1]]
+    axes.step(xs, ys, where="post", label=label)
+
+
+def comparison_plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The recovery-time CDF of meshd and of the baseline, one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        label = f"{row['setup']}: {row['recovered']}/{row['trials']} recovered (limit {row['limit']})"
+        _cdf(axes, row["recoveries"], row["trials"], label, row.get("limit_s"))
+    axes.set_xlabel("time from the last fault to a complete, correct window again (s)")
+    axes.set_ylabel("fraction of trials recovered")
+    axes.set_ylim(0, 1.02)
+    axes.set_xlim(left=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.set_title("bytewax under chaos: meshd vs restarting each process")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

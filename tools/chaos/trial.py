@@ -15,7 +15,9 @@ listening socket: ``listens``), polled while it lives; fences are the typed ``Fe
 
 With ``workers`` every daemon runs ``examples/alltoall.py`` (``--exec``, through the controller's extra arguments);
 ``tools.chaos.workers`` follows the workers (typed worker events, statuses, /proc) and the checks judge them; what
-the workers print goes to the daemons' logs for a human to read, never to the checks.
+the workers print goes to the daemons' logs for a human to read, never to the checks. With the bytewax worker
+(``--worker bytewax``) the job's result lines are the exception: they are the application's output, and
+``tools.chaos.results`` judges them with the example's own checker (no meshd fact is read from them).
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
 from meshd.cluster.spawn import log_tail, run_argv, write_config
 from meshd.core.generation import EpochMode
-from meshd.core.status import Fenced, Status
+from meshd.core.status import Fenced, Status, WorkerExited
 from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
 from tools.chaos.checks import TrialChecker, final_worker_problems, observation, violation_json
 from tools.chaos.faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault
 from tools.chaos.netns import Hosts, NetError
-from tools.chaos.workers import OUTLIVE_SLACK, WATCH_INTERVAL, WorkerWatch, exec_args
+from tools.chaos.results import READ_INTERVAL, STARTUP, first_complete, parsed, verdict
+from tools.chaos.workers import ALLTOALL_KIND, BYTEWAX_KIND, OUTLIVE_SLACK, WATCH_INTERVAL, WorkerWatch, exec_args
 
 # How often a condition on one process (it listens, it exited) is checked, and how often every slot is polled.
 EXIT_POLL = 0.02
@@ -100,7 +103,9 @@ class TrialSpec:
     faults: list[Fault]
     bound: float  # the design's B for this configuration, seconds
     settle: float  # how long a converged mesh must then hold, seconds
-    workers: bool = False  # every daemon runs examples/alltoall.py as its worker
+    workers: bool = False  # every daemon runs a worker (``worker``: examples/alltoall.py, or the bytewax job)
+    worker: str = ALLTOALL_KIND
+    startup: float = STARTUP  # bytewax: the engine's start-up allowance beyond B for results to flow again
 
 
 @dataclass
@@ -127,7 +132,7 @@ class ChaosController(Controller):
         mode = EpochMode.AUTO if trial.spec.mode == "auto" else EpochMode.FIXED
         admins = [trial.hosts.admin(index) for index in range(trial.spec.size)]
         policy = EpochController(mode, current=BASE_EPOCH)
-        extra = exec_args() if trial.spec.workers else ()
+        extra = exec_args(trial.spec.worker) if trial.spec.workers else ()
         super().__init__(
             config=config, admins=admins, policy=policy, workdir=trial.workdir, name=name, extra_args=extra
         )
@@ -193,7 +198,11 @@ class Trial:
         self.polled = trio.Event()
         self.applied: list[Applied] = []
         self.t0: float | None = None  # wall clock when the last fault ended
-        self.workers = WorkerWatch(name, [str(peer) for peer in peers]) if spec.workers else None
+        self.workers = WorkerWatch(name, [str(peer) for peer in peers], kind=spec.worker) if spec.workers else None
+
+    @property
+    def bytewax(self) -> bool:
+        return self.spec.workers and self.spec.worker == BYTEWAX_KIND
 
     @property
     def fixed(self) -> bool:
@@ -362,6 +371,42 @@ class Trial:
             detail = f"worker pid {process.pid} of slot {process.index} (epoch {process.epoch}) outlived the trial"
             self.checker.flag("worker-outlived", detail + ": killed", time.time())
 
+    # ----- the bytewax job (--worker bytewax): its own result lines, judged by the example's checker
+
+    def result_logs(self) -> list[Path]:
+        """Where the workers' stdout went: the daemons' logs (the application's output; no meshd fact is read)."""
+        return [inc.log for inc in self.controller.processes()]
+
+    async def bytewax_progress(self, t0: float, record: dict[str, Any]) -> None:
+        """After the recovered mesh: the job completes a window again (every key, every partition, every result
+        right) in the final generation within B + ``startup`` of the last fault's end."""
+        epoch = str(record.get("epoch"))
+        deadline = t0 + self.spec.bound + self.spec.startup
+        while True:
+            lines = await trio.to_thread.run_sync(parsed, self.result_logs())
+            found = first_complete(lines, t0, epochs={epoch})
+            if found is not None or time.time() > deadline:
+                break
+            await trio.sleep(READ_INTERVAL)
+        if found is None or found.at > deadline:
+            record["progress"] = None
+            why = f"no complete window of generation {epoch} within B + {self.spec.startup:.0f}s of the last fault"
+            self.checker.flag("worker-progress", why, time.time())
+        else:
+            record["progress"] = round(max(0.0, found.at - t0), 3)
+            record["progress_window"] = {"epoch": found.epoch, "window": found.window, "processes": found.processes}
+
+    def _check_results(self, record: dict[str, Any]) -> None:
+        """Every result line any generation printed is right (recomputed from its key and window), none twice."""
+        count, errors = verdict(self.result_logs())
+        record["results"] = count
+        record["startup"] = self.spec.startup
+        record.setdefault("progress", None)
+        for error in errors[:10]:
+            self.checker.flag("worker-result", error, time.time())
+        if len(errors) > 10:
+            self.checker.flag("worker-result", f"{len(errors) - 10} more wrong result lines", time.time())
+
     def _check_workers(self, now: float) -> dict[str, Any]:
         """The typed worker events of every daemon, judged; the trial's worker figures."""
         assert self.workers is not None
@@ -370,11 +415,17 @@ class Trial:
         started = 0
         for inc in self.controller.processes():
             who = f"slot {inc.slot} ({inc.role}, pid {inc.pid})"
-            self.checker.worker_exits(who, inc.events, now)
+            if not self.bytewax:  # alltoall.py's exit codes (3: another generation's data; 4: shared fate)
+                self.checker.worker_exits(who, inc.events, now)
             expected = Epoch(int(inc.epoch)) if self.fixed and inc.role == MEMBER else None
             self.checker.worker_epoch(who, expected, inc.events, now)
             if inc.code is not None and not inc.killed and not inc.stopping:
-                self.checker.worker_death(who, inc.code, inc.events, now)
+                if not self.bytewax:
+                    self.checker.worker_death(who, inc.code, inc.events, now)
+                elif inc.code == ExitCode.WORKER_FAILED and not any(isinstance(e, WorkerExited) for e in inc.events):
+                    # bytewax has no shared-fate code (a survivor panics when a peer dies): any worker exit is
+                    # allowed, but a daemon exit 70 must still say, typed, that its worker ended.
+                    self.checker.flag("worker-failed", f"{who} exited 70: no worker_exited event", now)
             epochs = [str(event.epoch) for _, event in self.workers.started_events([inc])]
             generations.update(epochs)
             started += len(epochs)
@@ -568,6 +619,8 @@ class Trial:
                             self.checker.flag("unstable", f"the recovered mesh did not hold: {held}", time.time())
                         if self.workers is not None:
                             await self.final_workers()
+                        if self.bytewax:
+                            await self.bytewax_progress(t0, record)
                     record["faults"] = [applied.to_json(origin) for applied in self.applied]
                     record["not_applied"] = [f.to_json() for f in spec.faults[len(self.applied) :]]
                 notes = await self.stop()
@@ -586,6 +639,8 @@ class Trial:
         self._check_processes()
         if self.workers is not None:
             record["workers"] = self._check_workers(time.time())
+        if self.bytewax:
+            self._check_results(record)
         record.setdefault("faults", [])
         record.setdefault("not_applied", [fault.to_json() for fault in spec.faults])
         record["exits"] = {str(slot): codes for slot, codes in self.exits().items()}

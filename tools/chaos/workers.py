@@ -43,14 +43,34 @@ STOP_GRACE = 2.0
 WATCH_INTERVAL = 0.1
 
 
-def worker_command() -> list[str]:
-    """Every daemon's worker: the all-to-all example."""
+# The kinds of worker (``--worker``): the all-to-all example, or the bytewax job (examples/bytewax/launch.py, which
+# execs ``python -m bytewax.run``).
+ALLTOALL_KIND, BYTEWAX_KIND = "alltoall", "bytewax"
+WORKER_KINDS = (ALLTOALL_KIND, BYTEWAX_KIND)
+
+
+def worker_command(kind: str = ALLTOALL_KIND) -> list[str]:
+    """Every daemon's worker: the all-to-all example, or the continuous bytewax flow."""
+    if kind == BYTEWAX_KIND:
+        from tools.chaos.results import launch_command
+
+        return launch_command()
     return [sys.executable, str(ALLTOALL), "--every", str(EVERY)]
 
 
-def exec_args() -> tuple[str, ...]:
+def exec_args(kind: str = ALLTOALL_KIND) -> tuple[str, ...]:
     """What the controller appends to every daemon's command line (``--exec`` takes the rest of it: last)."""
-    return ("--exec", "--", *worker_command())
+    return ("--exec", "--", *worker_command(kind))
+
+
+def markers(kind: str) -> tuple[bytes, ...]:
+    """An argument that names a worker process of this kind in /proc/PID/cmdline (launch.py before its exec,
+    ``bytewax.run`` after)."""
+    if kind == BYTEWAX_KIND:
+        from tools.chaos.results import LAUNCH
+
+        return (str(LAUNCH).encode(), b"bytewax.run")
+    return (str(ALLTOALL).encode(),)
 
 
 @dataclass(frozen=True)
@@ -82,17 +102,18 @@ def alive(pid: int, start: int | None) -> bool:
     return start is None or found[2] == start
 
 
-def scan(cluster: str, peers: str) -> list[Seen]:
-    """The live alltoall.py processes of one cluster (its name and its members' addresses, as MESHD_* says)."""
+def scan(cluster: str, peers: str, kind: str = ALLTOALL_KIND) -> list[Seen]:
+    """The live worker processes (alltoall.py, or bytewax) of one cluster (its name and its members' addresses, as
+    MESHD_* says)."""
     found = []
-    script = str(ALLTOALL).encode()
+    scripts = markers(kind)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if script not in argv:
+            if not any(script in argv for script in scripts):
                 continue
             raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -124,8 +145,11 @@ class Worker:
 class WorkerWatch:
     """The workers of one trial: who they are, which daemon started each, and whether any outlived its daemon."""
 
-    def __init__(self, cluster: str, peers: Iterable[str], stop_grace: float = STOP_GRACE) -> None:
+    def __init__(
+        self, cluster: str, peers: Iterable[str], stop_grace: float = STOP_GRACE, kind: str = ALLTOALL_KIND
+    ) -> None:
         self.cluster = cluster
+        self.kind = kind
         self.peers = ",".join(peers)
         self.stop_grace = stop_grace
         self.workers: dict[int, Worker] = {}
@@ -158,7 +182,7 @@ class WorkerWatch:
             if status.worker.pid is not None:
                 epoch = None if status.worker.epoch is None else str(status.worker.epoch)
                 self._note(status.worker.pid, daemon, "status", epoch)
-        seen = scan(self.cluster, self.peers)
+        seen = scan(self.cluster, self.peers, self.kind)
         for process in seen:
             self._note(process.pid, self.daemon_of(process.ppid, daemons), "proc", process.epoch)
         return seen
@@ -180,7 +204,7 @@ class WorkerWatch:
 
     def kill_leftovers(self) -> list[Seen]:
         """SIGKILL every worker of this trial still alive (after the violation was noted): none outlives the run."""
-        left = scan(self.cluster, self.peers)
+        left = scan(self.cluster, self.peers, self.kind)
         for process in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)

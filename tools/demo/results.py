@@ -4,23 +4,13 @@ flow's own checker (examples/bytewax/flow.py: ``problems`` recomputes count and 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from attrs import define, field
 
-FLOW_FILE = Path(__file__).resolve().parents[2] / "examples" / "bytewax" / "flow.py"
-
-
-def load_flow() -> ModuleType:
-    """examples/bytewax/flow.py as a module (its checker needs no bytewax)."""
-    spec = importlib.util.spec_from_file_location("meshd_demo_flow", FLOW_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tools.chaos.results import flow
 
 
 def epoch_key(epoch: str) -> tuple[int, str]:
@@ -31,7 +21,7 @@ def epoch_key(epoch: str) -> tuple[int, str]:
 class Results:
     """Every result line seen so far, checked."""
 
-    flow: ModuleType = field(factory=load_flow)
+    flow: ModuleType = field(factory=flow)
     correct: int = 0
     incorrect: int = 0
     wrong: list[str] = field(factory=list)  # the first few wrong lines, with why
