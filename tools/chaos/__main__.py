@@ -186,7 +186,7 @@ async def campaign(args: argparse.Namespace, settings: dict[str, Any], trials: l
                         mode=mode,
                         size=args.size,
                         timeouts=FAST_TIMEOUTS,
-                        faults=plan(seed, args.size, mode, hosts.partitions, args.faults),
+                        faults=plan(seed, args.size, mode, hosts.partitions, args.faults, workers=args.workers),
                         bound=settings["bound"],
                         settle=args.settle,
                         workers=args.workers,

@@ -12,16 +12,24 @@ Fault kinds (each at an offset from the start of the fault phase):
 - ``twin``: namespaces and ``--epoch auto`` only: a second process of a live slot in a second namespace that
   answers the slot's own address (an address conflict: peers reach whichever one ARP last named) for
   ``duration``, then killed and its namespace removed. Not with fixed epochs: two live incarnations of a slot in
-  one epoch break the controller's contract (A4) under which the design proves S2.
+  one epoch break the controller's contract (A4) under which the design proves S2;
+- ``worker``: worker mode only: kill -9 of the worker process alone of one or more slots (its daemon then exits 70,
+  and the controller restarts it as a death).
+
+In worker mode a ``pause`` stops each victim's daemon and its worker together (SIGCONT to both after ``duration``).
+The worker-mode schedule is the plain one with some kills turned into ``worker`` faults (same time, same victims),
+decided by a second random stream of the seed (``with_worker_faults``): the plain schedule of a seed never changes,
+and the bytewax baseline's kill stands for the meshd trial's kill of a worker.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 KILL, PAUSE, STALE, DUPLICATE, PARTITION, TWIN = "kill", "pause", "stale", "duplicate", "partition", "twin"
+WORKER = "worker"
 # Relative frequency of each kind; kills are what the design's recovery is mostly about.
 WEIGHTS = {KILL: 4, PAUSE: 2, STALE: 1, DUPLICATE: 1, PARTITION: 2, TWIN: 1}
 # Pause between two faults' start times, seconds (0: faults pile up at once).
@@ -34,6 +42,8 @@ PARTITION_LENGTH = (0.3, 3.0)
 TWIN_LENGTH = (0.5, 2.5)
 # Probability that a kill or pause hits a single slot (else a random number of them, up to all for kills).
 SINGLE_VICTIM = 0.6
+# Worker mode: the probability that a kill of the plain schedule is a kill of the victims' workers instead.
+WORKER_SHARE = 0.5
 # The controller's first epoch in fixed mode; stale epochs are drawn below it, so no process ever ran them.
 BASE_EPOCH = 1000
 
@@ -76,8 +86,28 @@ def _victims(rng: random.Random, size: int, most: int) -> tuple[int, ...]:
     return tuple(sorted(rng.sample(range(size), count)))
 
 
-def plan(seed: int, size: int, mode: str, partitions: bool, count: int) -> list[Fault]:
-    """``count`` faults for a cluster of ``size`` processes, decided by ``seed`` alone."""
+def plan(seed: int, size: int, mode: str, partitions: bool, count: int, workers: bool = False) -> list[Fault]:
+    """``count`` faults for a cluster of ``size`` processes, decided by ``seed`` alone (and, with ``workers``, some
+    kills turned into kills of the workers: ``with_worker_faults``)."""
+    faults = _plain(seed, size, mode, partitions, count)
+    return with_worker_faults(faults, seed) if workers else faults
+
+
+def with_worker_faults(faults: list[Fault], seed: int) -> list[Fault]:
+    """Worker mode's schedule from a plain one: each kill becomes a ``worker`` fault (same time, same victims) with
+    probability ``WORKER_SHARE``, drawn from a random stream of its own (the plain schedule's stream is untouched).
+    One draw per kill or worker fault, so applying it to its own result changes nothing."""
+    rng = random.Random(f"worker-faults-{seed}")  # a str seed is hashed with SHA-512: the same in every run
+    result = []
+    for fault in faults:
+        if fault.kind in (KILL, WORKER):
+            worker = rng.random() < WORKER_SHARE or fault.kind == WORKER
+            fault = replace(fault, kind=WORKER if worker else KILL)
+        result.append(fault)
+    return result
+
+
+def _plain(seed: int, size: int, mode: str, partitions: bool, count: int) -> list[Fault]:
     rng = random.Random(seed)
     kinds = kinds_for(mode, partitions)
     weights = [WEIGHTS[kind] for kind in kinds]

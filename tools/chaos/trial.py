@@ -36,14 +36,32 @@ from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
 from meshd.cluster.spawn import log_tail, run_argv, write_config
 from meshd.core.generation import EpochMode
-from meshd.core.status import Fenced, Status, WorkerExited
+from meshd.core.status import Fenced, Status, WorkerExited, WorkerStarted, WorkerState
 from meshd.core.wire import Epoch
 from meshd.errors import ExitCode
 from tools.chaos.checks import TrialChecker, final_worker_problems, observation, violation_json
-from tools.chaos.faults import BASE_EPOCH, DUPLICATE, KILL, PARTITION, PAUSE, STALE, TWIN, Fault
+from tools.chaos.faults import (
+    BASE_EPOCH,
+    DUPLICATE,
+    KILL,
+    PARTITION,
+    PAUSE,
+    STALE,
+    TWIN,
+    WORKER,
+    Fault,
+)
 from tools.chaos.netns import Hosts, NetError
 from tools.chaos.results import READ_INTERVAL, STARTUP, first_complete, parsed, verdict
-from tools.chaos.workers import ALLTOALL_KIND, BYTEWAX_KIND, OUTLIVE_SLACK, WATCH_INTERVAL, WorkerWatch, exec_args
+from tools.chaos.workers import (
+    ALLTOALL_KIND,
+    BYTEWAX_KIND,
+    OUTLIVE_SLACK,
+    WATCH_INTERVAL,
+    WorkerWatch,
+    _stat,
+    exec_args,
+)
 
 # How often a condition on one process (it listens, it exited) is checked, and how often every slot is polled.
 EXIT_POLL = 0.02
@@ -199,6 +217,7 @@ class Trial:
         self.applied: list[Applied] = []
         self.t0: float | None = None  # wall clock when the last fault ended
         self.workers = WorkerWatch(name, [str(peer) for peer in peers], kind=spec.worker) if spec.workers else None
+        self.killed_workers: set[int] = set()  # pids of the workers a ``worker`` fault killed
 
     @property
     def bytewax(self) -> bool:
@@ -221,6 +240,27 @@ class Trial:
     def seconds(self) -> list[Incarnation]:
         """Second processes of live slots: duplicates and twins."""
         return [inc for inc in self.controller.processes() if inc.role in (DUPLICATE_START, TWIN_START)]
+
+    def worker_pid(self, incarnation: Incarnation) -> int | None:
+        """Worker mode: the pid of the live worker of a slot's process, from its typed events (the latest
+        ``worker_started``, unless a ``worker_exited`` followed) or else its latest polled status (worker running);
+        None when none is known, or when that pid is not a live child of the daemon (/proc: gone, a zombie, reused)."""
+        pid: int | None = None
+        for event in incarnation.events:
+            if isinstance(event, WorkerStarted):
+                pid = event.pid
+            elif isinstance(event, WorkerExited) and event.pid == pid:
+                pid = None
+        status = self.last_status.get(incarnation)
+        ended = {event.pid for event in incarnation.events if isinstance(event, WorkerExited)}
+        if pid is None and status is not None and status.worker.state is WorkerState.RUNNING:
+            pid = status.worker.pid if status.worker.pid not in ended else None
+        if pid is None or not incarnation.running:
+            return None
+        found = _stat(pid)
+        if found is None or found[0] in ("Z", "X") or found[1] != incarnation.pid:
+            return None
+        return pid
 
     def was_bound(self, incarnation: Incarnation) -> bool:
         """Whether a second process got its slot's mesh port (it was seen holding a listening socket)."""
@@ -420,7 +460,14 @@ class Trial:
             expected = Epoch(int(inc.epoch)) if self.fixed and inc.role == MEMBER else None
             self.checker.worker_epoch(who, expected, inc.events, now)
             if inc.code is not None and not inc.killed and not inc.stopping:
-                if not self.bytewax:
+                ends = [event for event in inc.events if isinstance(event, WorkerExited)]
+                if inc.code == ExitCode.WORKER_FAILED and ends and ends[-1].pid in self.killed_workers:
+                    # A ``worker`` fault killed this daemon's worker: its exit 70 is expected, with a typed
+                    # worker_exited showing the kill (exit -9).
+                    if ends[-1].exit != -signal.SIGKILL:
+                        why = f"{who} exited 70 after its worker was killed, whose exit was {ends[-1].exit}, not -9"
+                        self.checker.flag("worker-failed", why, now)
+                elif not self.bytewax:
                     self.checker.worker_death(who, inc.code, inc.events, now)
                 elif inc.code == ExitCode.WORKER_FAILED and not any(isinstance(e, WorkerExited) for e in inc.events):
                     # bytewax has no shared-fate code (a survivor panics when a peer dies): any worker exit is
@@ -452,6 +499,8 @@ class Trial:
                 self.applied.append(applied)
                 if fault.kind in (KILL, STALE):
                     self._kill_slots(fault, applied)
+                elif fault.kind == WORKER:
+                    self._kill_workers(fault, applied)
                 elif fault.kind == PAUSE:
                     nursery.start_soon(self._pause, fault, applied)
                 elif fault.kind == DUPLICATE:
@@ -480,16 +529,59 @@ class Trial:
         if missed:
             applied.note = f"slots {missed} were between processes"
 
+    def _kill_workers(self, fault: Fault, applied: Applied) -> None:
+        """Worker mode: kill -9 of each victim's worker alone (its daemon then exits 70, a death for the controller).
+        A victim whose worker is not known now (its process between starts, its worker not started or gone) is
+        skipped, and noted."""
+        killed: list[str] = []
+        skipped: list[int] = []
+        for slot in fault.slots:
+            incarnation = self.current(slot)
+            pid = None if incarnation is None else self.worker_pid(incarnation)
+            if pid is None:
+                skipped.append(slot)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                self.killed_workers.add(pid)
+                killed.append(f"slot {slot} worker pid {pid}")
+        applied.ended = time.time()
+        notes = [f"killed {', '.join(killed)}"] if killed else []
+        if skipped:
+            notes.append(f"skipped slots {skipped}: no live worker known")
+        applied.note = "; ".join(notes)
+
     async def _pause(self, fault: Fault, applied: Applied) -> None:
+        """SIGSTOP of each victim's process (in worker mode with its worker: both stopped, both continued), SIGCONT
+        after the fault's duration."""
         paused = [inc for inc in map(self.current, fault.slots) if inc is not None and inc.running]
+        workers: dict[int, int] = {}  # daemon pid -> its worker's pid, stopped with it
+        unknown: list[int] = []
         for incarnation in paused:
+            worker = self.worker_pid(incarnation) if self.workers is not None else None
             incarnation.process.send_signal(signal.SIGSTOP)
+            if worker is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, signal.SIGSTOP)
+                    workers[incarnation.pid] = worker
+            elif self.workers is not None:
+                unknown.append(incarnation.slot)
         await trio.sleep(fault.duration)
         for incarnation in paused:
+            worker = workers.get(incarnation.pid)
+            if worker is not None:
+                found = _stat(worker)
+                if found is not None and found[1] == incarnation.pid:  # still the daemon's child (no reused pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker, signal.SIGCONT)
             if incarnation.running:
                 incarnation.process.send_signal(signal.SIGCONT)
         applied.ended = time.time()
         applied.note = f"paused pids {[incarnation.pid for incarnation in paused]}"
+        if self.workers is not None:
+            applied.note += f" with worker pids {sorted(workers.values())}"
+            if unknown:
+                applied.note += f"; skipped the workers of slots {unknown}: no live worker known (daemon alone)"
 
     async def _until_exit_or_listening(self, incarnation: Incarnation, *, exit_only: bool) -> None:
         """Poll a second process until it exits (noting whether it got the port meanwhile), or with ``exit_only``
@@ -708,7 +800,9 @@ class Trial:
                 epoch = self._epoch(inc, fences)
                 self.checker.exited(who, code, inc.killed, fences, status, epoch, now, also_allowed=allowed)
                 self.checker.fenced_by_stale(fences, stale_epochs, now)
-        hit = {slot for applied in self.applied if applied.fault.kind in (KILL, STALE) for slot in applied.fault.slots}
+        hit = {
+            s for applied in self.applied if applied.fault.kind in (KILL, STALE, WORKER) for s in applied.fault.slots
+        }
         survivors = [slot for slot in range(self.spec.size) if slot not in hit]
         if not any(applied.fault.kind == TWIN for applied in self.applied):
             # While a twin lives, a slot has two live processes (beyond A1): each may fence the other's generation
