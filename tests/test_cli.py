@@ -395,6 +395,19 @@ async def test_cluster_stops_on_sigterm_with_exit_0_and_keeps_its_logs(harness: 
     harness.check((log_dir / "cluster.toml").is_file(), "the cluster's config is not kept")
 
 
+async def test_cluster_whose_workers_finish_their_job_ends_with_exit_0(harness: Harness):
+    """A finite job: every worker exits 0, every daemon stops in order, and the cluster ends instead of restarting."""
+    mesh, admin = free_port_range(2), free_port_range(2)
+    alltoall = str(Path(__file__).resolve().parent.parent / "examples" / "alltoall.py")
+    worker = ["--exec", "--", sys.executable, alltoall, "--rounds", "20", "--every", "10"]
+    proc = harness.spawn("cluster-job", cluster_args(2, mesh, admin, "--duration", "60", *worker))
+    code = await harness.wait_exit(proc, timeout=30.0)
+    stdout = proc.stdout()
+    harness.check(code == 0, f"meshd cluster exited {code}:\n{stdout}\n{proc.stderr()}")
+    harness.check("the job is done" in stdout, f"the cluster did not say the job is done:\n{stdout}")
+    harness.check("restarting" not in stdout, f"a daemon was restarted after its job:\n{stdout}")
+
+
 async def test_cluster_refuses_ports_held_by_another_clusters_daemons(harness: Harness):
     other = harness.cluster(2, name="foreign", consecutive=True)
     daemons = harness.start_all(other, epoch=1)

@@ -25,7 +25,7 @@ from meshd.admin.messages import Snapshot
 from meshd.cluster.policy import EpochController
 from meshd.cluster.spawn import log_tail, run_argv, start
 from meshd.core.address import Address
-from meshd.core.status import MeshEvent, Status
+from meshd.core.status import MeshEvent, Status, WorkerExited
 from meshd.errors import ExitCode
 
 # Pause before restarting an exited daemon, as a process supervisor would (keeps a crash loop from spinning).
@@ -80,6 +80,7 @@ class SlotRecord:
     admin: Address
     history: list[Incarnation] = field(factory=list)
     exits: list[int] = field(factory=list)
+    done: bool = False  # its daemon stopped because its worker finished its job (exit 0): not restarted
 
     @property
     def current(self) -> Incarnation | None:
@@ -115,6 +116,7 @@ class Controller:
         self.failure: str | None = None  # why the cluster cannot run (a daemon exited 1 or 2)
         self.failure_code: int | None = None  # that daemon's exit code
         self.failed = trio.Event()
+        self.job_done = trio.Event()  # every slot's worker finished its job (each daemon then exited 0)
         self._nursery: trio.Nursery | None = None
         # One long-lived thread forks every daemon: PR_SET_PDEATHSIG fires when the forking thread ends, so it must
         # live as long as the controller (trio's worker threads come and go).
@@ -240,6 +242,11 @@ class Controller:
             if code in UNRECOVERABLE:
                 self.fail(f"daemon {slot} exited {code}:\n{log_tail(incarnation.log, FAILURE_LOG_LINES)}", code)
                 return
+            if code == ExitCode.OK and _job_done(incarnation):
+                record.done = True
+                if all(other.done for other in self.slots):
+                    self.job_done.set()
+                return
             death = self.policy.exited(incarnation.epoch, code)
             await self.restarting(incarnation, code, death)
             await trio.sleep(self.restart_delay)
@@ -309,3 +316,9 @@ class Controller:
             if incarnation.running:
                 self.kill(incarnation)
                 await self.wait(incarnation)
+
+
+def _job_done(incarnation: Incarnation) -> bool:
+    """Whether the daemon's last word on its worker was a finished job (a ``worker_exited`` with exit 0)."""
+    ends = [event for event in incarnation.events if isinstance(event, WorkerExited)]
+    return bool(ends) and ends[-1].exit == 0

@@ -111,6 +111,7 @@ class LocalCluster:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on, signals, running)
                 nursery.start_soon(_cancel_when, self.controller.failed, running)
+                nursery.start_soon(_cancel_when, self.controller.job_done, running)
                 await nursery.start(self.controller.run)
                 nursery.start_soon(self.monitor)
                 if self.spec.chaos:
@@ -119,6 +120,8 @@ class LocalCluster:
             self.complain(f"the cluster cannot run: {self.controller.failure}")
             self.complain(f"stopped; the daemons' logs are in {self.workdir}")
             return int(ExitCode.USAGE if self.controller.failure_code == ExitCode.USAGE else ExitCode.FAILURE)
+        if self.controller.job_done.is_set():
+            self.say("the job is done: every worker exited 0 and its daemon stopped in order (exit 0)")
         self.say(self.summary())
         self.say(f"the daemons' logs are in {self.workdir}")
         return int(ExitCode.OK)
