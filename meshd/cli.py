@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin", type=_address, help="admin websocket HOST:PORT (overrides admin.listen)")
     run.add_argument("--log-format", choices=LOG_FORMATS, help="overrides log.format")
     run.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="overrides log.level")
+    run.add_argument(
+        "--secret-file", type=Path, metavar="PATH", help="the cluster's key file (overrides cluster.secret_file)"
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow peers beyond loopback without a secret (cluster.insecure): anyone who reaches them can fence",
+    )
     run.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help=EXEC_HELP)
 
     give_up = f"exit 1 when the daemon does not answer within SECONDS (default {DEFAULT_TIMEOUT:g})"
@@ -105,9 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("watch", "print a daemon's events as they happen", f"{give_up}; a silence of SECONDS sends a ping"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--admin", type=_address, default=DEFAULT_ADMIN, help=f"default {DEFAULT_ADMIN}")
+        sub.add_argument(
+            "--admin",
+            type=_address,
+            help=f"the daemon's admin websocket (default: admin.listen of --config, or {DEFAULT_ADMIN})",
+        )
+        sub.add_argument("--config", type=Path, help="the daemon's TOML file: its admin.listen and admin.token_file")
+        sub.add_argument(
+            "--token-file", type=Path, metavar="PATH", help="the admin token to present (overrides admin.token_file)"
+        )
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
         sub.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_help)
+
+    keygen = commands.add_parser("keygen", help="write a new cluster key file (mode 0600), or print a key")
+    keygen.add_argument("path", nargs="?", type=Path, metavar="PATH", help="the file to write (default: print the key)")
+    keygen.add_argument("--output", "-o", type=Path, metavar="PATH", help="the file to write (the same as PATH)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing file")
 
     cluster = commands.add_parser("cluster", help="run a local cluster with a controller that restarts crashed daemons")
     cluster.add_argument("--size", type=count, required=True, help="number of daemons")
@@ -144,8 +165,10 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     """The daemon's settings: the command line over the config file (configuration errors name the flag)."""
     from attrs import evolve
 
+    from meshd.config import check_exposure
     from meshd.core.wire import Epoch
     from meshd.daemon import Settings
+    from meshd.secret import SecretFile, read_token
 
     if args.log_format:
         config.log.format = args.log_format
@@ -163,10 +186,20 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     if epoch is None:
         raise ConfigError("--epoch", "required (or set `epoch` in the config file)")
     admin = args.admin or config.admin.listen
-    config = evolve(config, index=index, epoch=epoch)
+    secret_path = config.cluster.secret_file if args.secret_file is None else str(args.secret_file)
+    insecure = config.cluster.insecure or args.insecure
+    check_exposure(config, admin, secret_path, insecure)
+    cluster = evolve(config.cluster, secret_file=secret_path, insecure=insecure)
+    config = evolve(config, index=index, epoch=epoch, cluster=cluster)
+    secret = None
+    if secret_path is not None:
+        secret = SecretFile(
+            Path(secret_path), "--secret-file" if args.secret_file is not None else "cluster.secret_file"
+        )
+    token = None if config.admin.token_file is None else read_token(Path(config.admin.token_file))
     if isinstance(epoch, EpochMode):
-        return Settings(config, index, None, admin, mode=epoch)
-    return Settings(config, index, Epoch(epoch), admin)
+        return Settings(config, index, None, admin, mode=epoch, secret=secret, admin_token=token)
+    return Settings(config, index, Epoch(epoch), admin, secret=secret, admin_token=token)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -276,12 +309,30 @@ def format_event(event: MeshEvent) -> str:
     return f"{stamp} {event.event_name:<14} {details}".rstrip()
 
 
+def _admin_target(args: argparse.Namespace) -> tuple[Address, str | None]:
+    """The admin websocket ``status``/``watch`` talk to and the token they present: the flags over ``--config``."""
+    from meshd.secret import read_token
+
+    admin, token_file = Address.parse(DEFAULT_ADMIN), None
+    if args.config is not None:
+        from meshd import config as configuration
+
+        config = configuration.load(args.config)
+        admin, token_file = config.admin.listen, config.admin.token_file
+    if args.admin is not None:
+        admin = args.admin
+    if args.token_file is not None:
+        return admin, read_token(args.token_file, "--token-file")
+    return admin, None if token_file is None else read_token(Path(token_file))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import trio
 
     from meshd.admin import client
 
-    status = trio.run(functools.partial(client.status, args.admin, timeout=args.timeout))
+    admin, token = _admin_target(args)
+    status = trio.run(functools.partial(client.status, admin, timeout=args.timeout, token=token))
     print(json.dumps(status.to_json()) if args.json else format_status(status), flush=True)
     return ExitCode.OK
 
@@ -291,6 +342,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from meshd.admin import client
     from meshd.admin.messages import Snapshot
+
+    admin, token = _admin_target(args)
 
     def show(message: WatchMessage) -> None:
         if args.json:
@@ -310,7 +363,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
-                watch = client.events(args.admin, timeout=args.timeout, liveness=args.timeout)
+                watch = client.events(admin, timeout=args.timeout, liveness=args.timeout, token=token)
                 async with aclosing(watch) as messages:
                     async for message in messages:
                         show(message)
@@ -344,7 +397,27 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return trio.run(run_cluster, spec)
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "cluster": cmd_cluster}
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a new key file (mode 0600, never over an existing file without --force), or print a key."""
+    from meshd.secret import new_key_line, write_key_file
+
+    if args.path is not None and args.output is not None and args.path != args.output:
+        raise ConfigError("--output", "give the file once: as PATH or as --output")
+    path = args.output or args.path
+    if path is None:
+        sys.stdout.write(new_key_line())
+        return ExitCode.OK
+    try:
+        write_key_file(path, force=args.force)
+    except FileExistsError:
+        raise ConfigError("PATH", f"{path} exists; --force replaces it (its old keys are lost)") from None
+    except OSError as exc:
+        raise ConfigError("PATH", f"cannot write {path}: {exc.strerror or exc}") from exc
+    print(f"wrote a new key to {path} (mode 0600); copy it to every process of the cluster", file=sys.stderr)
+    return ExitCode.OK
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "cluster": cmd_cluster, "keygen": cmd_keygen}
 
 
 def _end_by_sigpipe() -> int:

@@ -24,6 +24,9 @@ from meshd.core.generation import EpochMode
 from meshd.core.wire import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
 from meshd.errors import ConfigError
 
+# How to make a secret, in every message that asks for one.
+KEYGEN_HINT = "make one with `meshd keygen PATH` and copy it to every process"
+
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 DEFAULT_ADMIN_PORT = 7100
@@ -33,6 +36,8 @@ DEFAULT_ADMIN_PORT = 7100
 class ClusterConfig:
     name: str
     peers: list[Address]
+    secret_file: str | None = None  # the keys every connection authenticates with (``meshd keygen``)
+    insecure: bool = False  # peers beyond loopback without a secret: said explicitly, warned about
 
 
 @define
@@ -51,6 +56,16 @@ class Timeouts:
 @define
 class AdminConfig:
     listen: Address = field(factory=lambda: Address("127.0.0.1", DEFAULT_ADMIN_PORT))
+    token_file: str | None = None  # every client presents this token (required beyond loopback)
+
+
+@define
+class Limits:
+    """What strangers may hold of a daemon at once."""
+
+    pending_handshakes: int = 64  # mesh connections not yet through the handshake; more are closed at once
+    admin_clients: int = 16  # admin websocket connections; more are closed at once
+    admin_message_bytes: int = 64 * 1024  # the largest admin request read
 
 
 @define
@@ -79,6 +94,7 @@ class Config:
     admin: AdminConfig = field(factory=AdminConfig)
     log: LogConfig = field(factory=LogConfig)
     worker: WorkerConfig = field(factory=WorkerConfig)
+    limits: Limits = field(factory=Limits)
     index: int | None = None
     epoch: int | EpochMode | None = None  # an integer, "auto" (self-minted generations) or "await" (start op)
 
@@ -189,7 +205,17 @@ def load(path: Path) -> Config:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
-    return structure(raw)
+    config = structure(raw)
+    _resolve_files(config, path.parent)
+    return config
+
+
+def _resolve_files(config: Config, base: Path) -> None:
+    """Paths in the config file are relative to the file's directory (on the command line: to the current one)."""
+    if config.cluster.secret_file is not None:
+        config.cluster.secret_file = str(base / config.cluster.secret_file)
+    if config.admin.token_file is not None:
+        config.admin.token_file = str(base / config.admin.token_file)
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -233,6 +259,13 @@ def validate(config: Config) -> None:
     _require(
         worker.exec is None or worker.socket is None, "worker.socket", "a worker is either started (exec) or attached"
     )
+    for key, value in asdict(config.limits).items():
+        _require(value >= 1, f"limits.{key}", f"must be at least 1, got {value}")
+    for key, path in (
+        ("cluster.secret_file", config.cluster.secret_file),
+        ("admin.token_file", config.admin.token_file),
+    ):
+        _require(path != "", key, "must be a path")
     level = config.log.level.upper()
     _require(level in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     config.log.level = level
@@ -241,3 +274,17 @@ def validate(config: Config) -> None:
         _require(0 <= config.index < len(peers), "index", f"must be in 0..{len(peers) - 1}, got {config.index}")
     if isinstance(config.epoch, int):
         _require(0 <= config.epoch <= U64_MAX, "epoch", f"must be a non-negative 64-bit integer, got {config.epoch}")
+
+
+def check_exposure(config: Config, admin: Address | None, secret: str | None, insecure: bool) -> None:
+    """Secure by default: peers beyond loopback need a secret (or ``insecure``, said explicitly), and an admin
+    websocket beyond loopback needs a token. ``admin``, ``secret`` and ``insecure`` are after the command line."""
+    remote = [str(address) for address in config.cluster.peers if not address.loopback]
+    if remote and secret is None and not insecure:
+        raise ConfigError(
+            "cluster.secret_file",
+            f"required: peers {', '.join(remote[:3])}{' ...' if len(remote) > 3 else ''} are beyond loopback and "
+            f"anyone who reaches them could fence the cluster; {KEYGEN_HINT} (or set cluster.insecure = true)",
+        )
+    if admin is not None and not admin.loopback and config.admin.token_file is None:
+        raise ConfigError("admin.token_file", f"required: the admin websocket listens on {admin}, beyond loopback")

@@ -12,6 +12,7 @@ from typing import Protocol
 import trio
 from attrs import frozen
 
+from meshd.core.auth import Authenticator
 from meshd.core.hello import Action, Handshake, HandshakeEvent, PeerAnswer, PeerFailed, PeerHello
 from meshd.core.mesh import Exchange
 from meshd.core.status import EndCause, LinkEnd
@@ -132,16 +133,22 @@ class ExchangeResult:
 
 
 async def exchange_hellos(
-    stream: trio.abc.Stream, mesh: Judge, expected_peer: int | None, timeout: float, read: bytes = b""
+    stream: trio.abc.Stream,
+    mesh: Judge,
+    expected_peer: int | None,
+    timeout: float,
+    read: bytes = b"",
+    auth: Authenticator | None = None,
 ) -> ExchangeResult:
-    """Run both rounds of the hello exchange on ``stream`` within ``timeout``.
+    """Run both rounds of the hello exchange on ``stream`` within ``timeout`` (with ``auth``: the authenticated
+    handshake, its challenges and proofs first).
 
     Raises LinkFailure (and closes the stream) when no hello was judged: a timeout, garbage, a transport error, or
     a peer that closed or refused us before its hello. Once we have judged the peer's hello the result is returned
     even if its answer never comes (``answer`` None), because our verdict may have recorded it as a member.
     """
     ours = mesh.hello(expected_peer)
-    machine = Handshake(ours)
+    machine = Handshake(ours, auth)
     machine.decoder.receive_data(read)  # what the caller already read to tell a data connection from a link
     conn = FramedConnection(stream, machine.decoder)
     exchange: Exchange | None = None
@@ -155,6 +162,8 @@ async def exchange_hellos(
                     await conn.send_bytes(machine.data_to_send())  # our refusal of the garbage, if any
                 if event.reason is None:
                     raise LinkFailure(EndCause.CLOSED, f"no hello from the peer (closed): {event.detail}")
+                if event.ours and event.reason is RefuseReason.AUTH_FAILED:
+                    raise LinkFailure(EndCause.UNAUTHENTICATED, f"peer not authenticated: {event.detail}", event.reason)
                 reason = event.reason.name.lower()
                 raise LinkFailure(EndCause.REFUSED, f"no hello from the peer ({reason}): {event.detail}", event.reason)
             assert isinstance(event, PeerHello)
@@ -174,6 +183,8 @@ async def exchange_hellos(
 
 
 async def _next_event(machine: Handshake, conn: FramedConnection) -> HandshakeEvent:
+    """The machine's next event; what it queued meanwhile (a proof, our hello) goes out before each read."""
     while (event := machine.next_event()) is None:
+        await conn.send_bytes(machine.data_to_send())
         await conn.fill()
     return event

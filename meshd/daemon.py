@@ -22,7 +22,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from attrs import evolve, field, frozen
@@ -34,11 +34,13 @@ from meshd.config import Config
 from meshd.connection import ExchangeResult, LinkFailure, exchange_hellos
 from meshd.core import generation
 from meshd.core.address import Address
+from meshd.core.auth import Authenticator
 from meshd.core.generation import EpochMode
 from meshd.core.hello import Identity, Outcome
 from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
 from meshd.core.slot import LinkOrigin
 from meshd.core.status import (
+    EndCause,
     Fenced,
     GenerationMoved,
     LinkDown,
@@ -52,14 +54,19 @@ from meshd.core.status import (
     WorkerExited,
     WorkerStarted,
 )
-from meshd.core.wire import FRAME_HEAD_SIZE, Epoch, FrameType, Goodbye, View
-from meshd.data import DataPlane, receive_exactly
+from meshd.core.wire import NONCE_SIZE, Epoch, Goodbye, View
+from meshd.data import DataPlane, FirstFrame, receive_first_frame
 from meshd.errors import BindError, ExitCode
 from meshd.link import PeerLink, Session, why_no_link
+from meshd.logs import Throttle
 from meshd.net import Network, TcpNetwork, bind_with_retry
+from meshd.secret import SecretFile
 from meshd.worker.attach import AttachedWorker
 from meshd.worker.contract import Facts
 from meshd.worker.supervisor import WorkerProcess
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 # The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.
 AWAITED_PLACEHOLDER = Epoch(0)
@@ -72,6 +79,8 @@ ACCEPT_ERROR_PAUSE = 0.1
 FENCE_LINGER = 0.05
 # How long a fenced process waits at most for its watchers to take the fenced event.
 DRAIN_LIMIT = 1.0
+# At most one log line per this many seconds about connections that failed to authenticate (a flood stays quiet).
+AUTH_LOG_INTERVAL = 1.0
 
 
 @frozen
@@ -83,6 +92,8 @@ class Settings:
     epoch: Epoch | None  # None with mode "auto" (minted) or "await" (given by the controller's start op)
     admin: Address | None
     mode: EpochMode = field(default=EpochMode.FIXED, converter=EpochMode)
+    secret: SecretFile | None = None  # the cluster's keys: every connection authenticates with them
+    admin_token: str | None = None  # every admin client presents it
 
 
 def new_incarnation() -> int:
@@ -136,10 +147,20 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
         self._worker_reported = trio.Event()  # its worker_exited event is published
+        self._pending_handshakes = 0  # inbound connections not through their handshake yet
+        self._counters = {"auth_failures": 0, "handshakes_shed": 0, "admin_rejected": 0}  # status fields
+        self._auth_log = Throttle(AUTH_LOG_INTERVAL)
         worker = config.worker
         self.data = (
             DataPlane(
-                lambda: self.me, self._data_holder, config.cluster.peers, self.net, config.timeouts, rng, self._notify
+                lambda: self.me,
+                self._data_holder,
+                config.cluster.peers,
+                self.net,
+                config.timeouts,
+                rng,
+                self._notify,
+                self,
             )
             if worker.configured
             else None
@@ -156,10 +177,33 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The object ``meshd status --json`` prints and the admin ``status`` op answers."""
-        status = self.model.status()
+        status = evolve(self.model.status(), **self._counters)
         if self.worker is not None:
             status = evolve(status, worker=self.worker.status)
         return status.to_json()
+
+    # ----- strangers -----
+
+    def authenticator(self, *, dialer: bool, data: bool) -> Authenticator | None:
+        """A fresh authenticator for one connection, under the secret file's keys as they are now."""
+        secret = self.settings.secret
+        if secret is None:
+            return None
+        return Authenticator(secret.keyring(), dialer=dialer, data=data, nonce=secrets.token_bytes(NONCE_SIZE))
+
+    def auth_failed(self, remote: str, detail: str) -> None:
+        """A connection whose peer proved no key of ours: counted, and logged with its address (throttled)."""
+        self._counters["auth_failures"] += 1
+        held = self._auth_log.allow(trio.current_time())
+        if held is not None:
+            also = f" ({held} more since the last such line)" if held else ""
+            self._logger().warning("connection with {} refused (auth_failed): {}{}", remote, detail, also)
+
+    def admin_rejected(self) -> None:
+        self._counters["admin_rejected"] += 1
+
+    def _logger(self) -> Logger:
+        return logger.bind(index=self.me.index, epoch=str(self.me.epoch))
 
     # ----- applying the model's effects -----
 
@@ -306,6 +350,8 @@ class Daemon:
         self.apply(self.model.view_received(peer, session, view, self._now()))
 
     def attempt_failed(self, peer: int, end: LinkEnd) -> None:
+        if end.cause is EndCause.UNAUTHENTICATED:
+            self.auth_failed(str(self.settings.config.cluster.peers[peer]), end.detail)
         if self.model.attempt_failed(peer, end):
             logger.bind(index=self.me.index, epoch=str(self.me.epoch)).debug("peer {}: {}", peer, end)
 
@@ -348,8 +394,15 @@ class Daemon:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._warn_if_insecure()
                 if self._admin_listeners:
-                    await nursery.start(serve_admin, self._admin_listeners, self)
+                    await nursery.start(
+                        serve_admin,
+                        self._admin_listeners,
+                        self,
+                        self.settings.admin_token,
+                        self.settings.config.limits,
+                    )
                 task_status.started()
                 await self._began.wait()
                 if self.data is not None:
@@ -367,6 +420,18 @@ class Daemon:
             if self.data is not None:
                 self.data.close()
         return int(self.exit_code)
+
+    def _warn_if_insecure(self) -> None:
+        config = self.settings.config
+        if self.settings.secret is None and not all(address.loopback for address in config.cluster.peers):
+            self._logger().warning(
+                "no cluster secret (cluster.insecure): anyone who reaches a mesh port can fence or join this cluster"
+            )
+
+    def reload_secret(self) -> None:
+        """SIGHUP: read the secret file again now (handshakes also notice a changed file by themselves)."""
+        if self.settings.secret is not None:
+            self.settings.secret.reload()
 
     async def stop(self, reason: str, code: ExitCode = ExitCode.OK) -> None:
         """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest.
@@ -405,6 +470,9 @@ class Daemon:
                     nursery.start_soon(self._accept_loop, listener)
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        """Accept connections; beyond ``limits.pending_handshakes`` in progress, close new ones unheard (a flood of
+        strangers holds a bounded share of the daemon, and the links that are up never wait for it)."""
+        limit = self.settings.config.limits.pending_handshakes
         async with listener, trio.open_nursery() as nursery:
             while True:
                 try:
@@ -413,36 +481,58 @@ class Daemon:
                     self._inbound_refused(f"accept failed: {exc.strerror or exc}")
                     await trio.sleep(ACCEPT_ERROR_PAUSE)
                     continue
+                if self._pending_handshakes >= limit:
+                    self._counters["handshakes_shed"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self._pending_handshakes += 1
                 nursery.start_soon(self._handle_inbound, stream)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
-        """Exchange hellos on one inbound connection and settle it; garbage is closed and disturbs nothing.
+        """Run the handshake on one inbound connection and settle it; garbage is closed and disturbs nothing.
 
-        With a worker, the first frame's header is read first, exactly: a DATA frame makes it a data connection."""
+        With a worker, the first frame is read first, exactly: a DATA hello (or, with a secret, a data connection's
+        CHALLENGE) makes it a data connection, whose bytes after its handshake belong to the worker."""
         timeout = self.settings.config.timeouts.handshake
-        head = b""
+        remote = _remote(stream)
+        first = FirstFrame(b"", None)
         try:
             if self.data is not None:
                 with trio.fail_after(timeout):
-                    head = await receive_exactly(stream, FRAME_HEAD_SIZE)
-                if head[-1] == FrameType.DATA:
-                    await self.data.accept(stream, head)
-                    return
-            result = await exchange_hellos(stream, self.model, None, timeout, head)
+                    first = await receive_first_frame(stream)
+            if self.data is not None and first.data:
+                await self.data.accept(stream, first.frame, remote)
+                return
+            auth = self.authenticator(dialer=False, data=False)
+            result = await exchange_hellos(stream, self.model, None, timeout, first.read, auth)
         except trio.TooSlowError:
             await stream.aclose()
             self._inbound_refused(f"no frame within {timeout}s")
             return
         except LinkFailure as exc:
             await stream.aclose()
-            self._inbound_refused(exc.end)
+            if exc.end.cause is EndCause.UNAUTHENTICATED:
+                self.auth_failed(remote, exc.end.detail)
+            else:
+                self._inbound_refused(exc.end)
             return
+        finally:
+            self._pending_handshakes -= 1
         concluded = await self.settle(result, dialer=result.exchange.peer)
         if concluded.outcome is Outcome.NOTHING:
             self._inbound_refused(why_no_link(result))
 
     def _inbound_refused(self, end: LinkEnd | str) -> None:
-        logger.bind(index=self.me.index, epoch=str(self.me.epoch)).warning("inbound connection closed: {}", end)
+        self._logger().warning("inbound connection closed: {}", end)
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    """The peer's address of an accepted connection, for logs ("?" over a transport without one)."""
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, TypeError):
+        return "?"
+    return str(Address(host, port))
 
 
 def _worker_name(pid: int | None) -> str:
@@ -476,9 +566,17 @@ async def serve(settings: Settings, net: Network | None = None, early_signals: S
             return int(daemon.exit_code)
         return await daemon.run()
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def reload_on_hangup(signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            daemon.reload_secret()
+
+    with (
+        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        trio.open_signal_receiver(signal.SIGHUP) as hangups,
+    ):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, signals)
+            nursery.start_soon(reload_on_hangup, hangups)
             code = await bind_and_run()
             nursery.cancel_scope.cancel()
     return code

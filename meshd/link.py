@@ -17,6 +17,7 @@ from attrs import define, field
 from meshd.config import Timeouts
 from meshd.connection import ExchangeResult, FramedConnection, LinkFailure, exchange_hellos
 from meshd.core.address import Address
+from meshd.core.auth import Authenticator
 from meshd.core.backoff import Backoff
 from meshd.core.hello import Outcome
 from meshd.core.mesh import Concluded, MeshModel
@@ -67,6 +68,10 @@ class Mesh(Protocol):
     def view_received(self, peer: int, session: Session, view: View) -> None: ...
 
     def attempt_failed(self, peer: int, end: LinkEnd) -> None: ...
+
+    def authenticator(self, *, dialer: bool, data: bool) -> Authenticator | None:
+        """A fresh authenticator for one connection (None without a cluster secret)."""
+        ...
 
 
 def why_no_link(result: ExchangeResult) -> LinkEnd:
@@ -205,7 +210,8 @@ class PeerLink:
         if connecting.cancelled_caught:
             detail = f"connect to {self.address} timed out after {self._timeouts.connect}s"
             raise LinkFailure(EndCause.UNREACHABLE, detail)
-        return await exchange_hellos(stream, self._mesh.model, self.peer, self._timeouts.handshake)
+        auth = self._mesh.authenticator(dialer=True, data=False)
+        return await exchange_hellos(stream, self._mesh.model, self.peer, self._timeouts.handshake, auth=auth)
 
     # ----- a session -----
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -24,6 +25,25 @@ def _json_sink(message: Any) -> None:
     }
     sys.stderr.write(json.dumps(line, default=str) + "\n")
     sys.stderr.flush()
+
+
+class Throttle:
+    """At most one log line per ``interval`` seconds for one kind of line, so that a stranger's flood of bad
+    connections cannot flood the log; the next line that passes says how many were held back."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = -math.inf
+        self.held = 0  # lines held back since the last one that passed
+
+    def allow(self, now: float) -> int | None:
+        """None when the line is held back; else how many were held back before it."""
+        if now < self._next:
+            self.held += 1
+            return None
+        self._next = now + self._interval
+        held, self.held = self.held, 0
+        return held
 
 
 def configure(level: str, fmt: str) -> None:

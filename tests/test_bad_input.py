@@ -21,7 +21,17 @@ import pytest
 import trio
 
 from meshd.core.address import Address
-from meshd.core.wire import MAX_FRAME_SIZE, Epoch, FrameDecoder, Heartbeat, Hello, Refuse, RefuseReason, encode
+from meshd.core.wire import (
+    MAX_FRAME_SIZE,
+    Challenge,
+    Epoch,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Refuse,
+    RefuseReason,
+    encode,
+)
 from tests.harness.procs import DISTURBANCES, HOST, Harness, is_ready, watching
 from tests.harness.virtual import (
     CLUSTER,
@@ -205,8 +215,9 @@ INTRUDERS = {
 
 
 async def test_garbage_oversize_and_silent_clients_disturb_nothing(harness: Harness):
-    """Over real TCP: the daemon's hello and refusal arrive and the connection ends in EOF. Which input gets which
-    refusal, and when each is closed, is decided by
+    """Over real TCP, against a cluster with a secret: the daemon's challenge and refusal arrive and the connection
+    ends in EOF; the daemon discloses nothing of its state (no hello; the refusal carries epoch 0). Which input gets
+    which refusal, and when each is closed, is decided by
     test_bad_input_is_closed_within_the_handshake_timeout_and_disturbs_nothing."""
     cluster = harness.cluster(3)
     daemons = harness.start_all(cluster, epoch=1)
@@ -232,15 +243,18 @@ async def test_garbage_oversize_and_silent_clients_disturb_nothing(harness: Harn
         harness.check(ending == "eof", f"{where}: connection {ending} after {took:.2f}s, expected EOF within {bound}s")
         frames = _frames(data)
         harness.check(
-            frames and isinstance(frames[0], Hello) and frames[0].sender == index and frames[0].cluster == cluster.name,
-            f"{where}: the daemon did not open with its hello: {frames}",
+            frames and isinstance(frames[0], Challenge) and not frames[0].dialer,
+            f"{where}: the daemon did not open with its challenge: {frames}",
         )
         if kind == "silent":
             harness.check(len(frames) == 1, f"{where}: unexpected frames {frames}")
         else:
             harness.check(
-                len(frames) == 2 and isinstance(frames[1], Refuse) and frames[1].reason is RefuseReason.PROTOCOL_ERROR,
-                f"{where}: expected a PROTOCOL_ERROR refusal after the hello, got {frames}",
+                len(frames) == 2
+                and isinstance(frames[1], Refuse)
+                and frames[1].reason is RefuseReason.PROTOCOL_ERROR
+                and frames[1].epoch == Epoch(0),
+                f"{where}: expected a PROTOCOL_ERROR refusal disclosing no epoch after the challenge, got {frames}",
             )
     closing = {kind: max(results[i, kind][2] for i in range(cluster.size)) for kind in INTRUDERS}
     print("\nintruders closed after at most " + ", ".join(f"{kind} {took:.3f}s" for kind, took in closing.items()))

@@ -385,6 +385,9 @@ STATUS = {
         },
     ],
     "worker": {"pid": None, "state": None, "started": None, "exit": None, "epoch": None},
+    "auth_failures": 0,
+    "handshakes_shed": 0,
+    "admin_rejected": 0,
 }
 
 

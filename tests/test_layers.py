@@ -28,6 +28,8 @@ DAEMON_SIDE = (
     "meshd.bus",
     "meshd.config",
     "meshd.logs",
+    "meshd.secret",
+    "meshd.data",
     "meshd.admin.server",
 )
 

@@ -26,9 +26,10 @@ from typing import Any
 import trio
 
 from meshd.admin import client
-from meshd.core.wire import DataHello, Epoch, FrameDecoder, Refuse, RefuseReason, encode
+from meshd.core.wire import DataHello, Epoch, Refuse, RefuseReason
 from meshd.errors import ExitCode
 from meshd.worker import Mesh, MeshError
+from tests.harness.peer import data_exchange
 from tests.harness.procs import (
     DEADLINE,
     DISTURBANCES,
@@ -265,29 +266,11 @@ def worker_config(harness: Harness, cluster: Cluster, name: str, worker: str) ->
 
 
 async def data_hello_answer(harness: Harness, cluster: Cluster, target: int, hello: DataHello) -> object:
-    """Send ``hello`` on a fresh connection to ``target``'s mesh port; the one frame it answers. A REFUSE must be
-    followed by the daemon closing the connection (an ACCEPT is returned as is: the caller fails)."""
-    decoder = FrameDecoder()
-    with trio.fail_after(DEADLINE):
-        stream = await trio.open_tcp_stream(cluster.mesh(target).host, cluster.mesh(target).port)
-        async with stream:
-            await stream.send_all(encode(hello))
-            frame = None
-            while frame is None:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    decoder.receive_eof()
-                    frame = decoder.next_frame()
-                    harness.check(frame is not None, f"the daemon closed the connection without answering {hello}")
-                    break
-                decoder.receive_data(chunk)
-                frame = decoder.next_frame()
-            if isinstance(frame, Refuse):
-                rest = b""
-                while chunk := await stream.receive_some(65536):
-                    rest += chunk
-                harness.check(not rest and decoder.next_frame() is None, f"bytes after the REFUSE: {rest!r}")
-    return frame
+    """Dial a data connection to ``target``'s mesh port with ``hello``, holding the cluster's key; the daemon's
+    answer. A REFUSE must be followed by the daemon closing the connection (an ACCEPT is returned: the caller fails)."""
+    answer, rest = await data_exchange(cluster.mesh(target), hello, cluster.keyring(), timeout=DEADLINE)
+    harness.check(not rest, f"bytes after the answer {answer!r}: {rest!r}")
+    return answer
 
 
 # ----- 1. the hand-off is byte-exact

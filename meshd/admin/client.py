@@ -77,6 +77,16 @@ class NotAdmin(AdminUnreachable):
         self.why = why
 
 
+class AdminUnauthorized(AdminUnreachable):
+    """The daemon wants an admin token (``admin.token_file``) and we presented none (401) or a wrong one (403)."""
+
+    def __init__(self, address: Address, status_code: int, presented: bool) -> None:
+        what = "refused our token" if presented else "wants a token"
+        super().__init__(f"the meshd admin websocket at {address} {what} (HTTP {status_code}): give --token-file")
+        self.address = address
+        self.status_code = status_code
+
+
 def lone_error(error: BaseException) -> BaseException:
     """The one error inside nested single-member exception groups (a nursery wraps even one), else ``error``."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -118,8 +128,11 @@ class _Transport(trio.abc.Stream):
 
 
 @asynccontextmanager
-async def connect(address: Address, *, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[WebSocketConnection]:
-    """An open websocket to a daemon's admin address (opening it takes at most ``timeout``), closed on the way out.
+async def connect(
+    address: Address, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    """An open websocket to a daemon's admin address (opening it takes at most ``timeout``), closed on the way out;
+    ``token`` is presented as ``Authorization: Bearer``.
 
     Errors of the caller's block come out as themselves, not wrapped in the group of the websocket's nursery.
     """
@@ -136,7 +149,7 @@ async def connect(address: Address, *, timeout: float = DEFAULT_TIMEOUT) -> Asyn
     try:
         async with trio.open_nursery() as nursery:
             with trio.CancelScope(deadline=deadline) as handshaking:
-                ws = await _handshake(nursery, transport, address)
+                ws = await _handshake(nursery, transport, address, token)
             if handshaking.cancelled_caught:
                 raise AdminTimeout(address, timeout, "no websocket handshake")
             opened = True
@@ -148,6 +161,8 @@ async def connect(address: Address, *, timeout: float = DEFAULT_TIMEOUT) -> Asyn
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         error = lone_error(group)
+        if not opened and isinstance(error, ConnectionRejected) and error.status_code in (401, 403):
+            raise AdminUnauthorized(address, error.status_code, token is not None) from error
         if not opened and isinstance(error, HANDSHAKE_ERRORS):
             raise NotAdmin(address, _handshake_failure(error)) from error
         if error is group:
@@ -157,10 +172,19 @@ async def connect(address: Address, *, timeout: float = DEFAULT_TIMEOUT) -> Asyn
         await trio.aclose_forcefully(stream)
 
 
-async def _handshake(nursery: trio.Nursery, transport: _Transport, address: Address) -> WebSocketConnection:
+async def _handshake(
+    nursery: trio.Nursery, transport: _Transport, address: Address, token: str | None
+) -> WebSocketConnection:
+    headers = None if token is None else [(b"Authorization", b"Bearer " + token.encode())]
     with trio.CancelScope() as handshake:
         nursery.start_soon(_cancel_when_ended, transport, handshake)
-        return await wrap_client_stream(nursery, transport, address.host, "/")  # type: ignore[arg-type]
+        return await wrap_client_stream(
+            nursery,
+            transport,  # type: ignore[arg-type]
+            address.host,
+            "/",
+            extra_headers=headers,
+        )
     raise NotAdmin(address, "it closed the connection during the websocket handshake")
 
 
@@ -176,13 +200,17 @@ def _handshake_failure(error: BaseException) -> str:
 
 
 async def request(
-    address: Address, message: Request | Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT
+    address: Address,
+    message: Request | Mapping[str, Any],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    token: str | None = None,
 ) -> JsonObject:
     """Send one request (typed, or any JSON object) and return the one answer, all within ``timeout``."""
     body = message if isinstance(message, Mapping) else message.to_json()
     answer: str | bytes | None = None
     with trio.move_on_after(timeout):
-        async with connect(address, timeout=timeout) as ws:
+        async with connect(address, timeout=timeout, token=token) as ws:
             try:
                 await ws.send_message(json.dumps(body))
                 answer = await ws.get_message()
@@ -194,14 +222,14 @@ async def request(
 
 
 async def watch(
-    address: Address, *, timeout: float = DEFAULT_TIMEOUT, liveness: float | None = None
+    address: Address, *, timeout: float = DEFAULT_TIMEOUT, liveness: float | None = None, token: str | None = None
 ) -> AsyncIterator[JsonObject]:
     """The daemon's watch messages: the snapshot (within ``timeout``), then each event until the daemon goes away.
 
     A quiet mesh sends no events, and neither does a stopped daemon: with ``liveness``, a silence that long sends a
     ping, and a pong not back within as long ends the watch in AdminTimeout.
     """
-    async with connect(address, timeout=timeout) as ws:
+    async with connect(address, timeout=timeout, token=token) as ws:
         snapshot: str | bytes | None = None
         with trio.move_on_after(timeout):
             try:
@@ -236,23 +264,25 @@ async def _next_message(ws: WebSocketConnection, address: Address, liveness: flo
             raise AdminTimeout(address, silence, "no answer to a ping")
 
 
-async def status(address: Address, *, timeout: float = DEFAULT_TIMEOUT) -> Status:
+async def status(address: Address, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> Status:
     """The daemon's status, typed."""
-    answer = await request(address, StatusRequest(), timeout=timeout)
+    answer = await request(address, StatusRequest(), timeout=timeout, token=token)
     return _parsed(address, status_from_json, answer)
 
 
-async def start(address: Address, epoch: Epoch, *, timeout: float = DEFAULT_TIMEOUT) -> StartAnswer:
+async def start(
+    address: Address, epoch: Epoch, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+) -> StartAnswer:
     """The controller's ``start`` op (``--epoch await``), its answer typed."""
-    answer = await request(address, StartRequest(epoch), timeout=timeout)
+    answer = await request(address, StartRequest(epoch), timeout=timeout, token=token)
     return _parsed(address, start_answer_from_json, answer)
 
 
 async def events(
-    address: Address, *, timeout: float = DEFAULT_TIMEOUT, liveness: float | None = None
+    address: Address, *, timeout: float = DEFAULT_TIMEOUT, liveness: float | None = None, token: str | None = None
 ) -> AsyncIterator[WatchMessage]:
     """``watch``, typed: the Snapshot, then MeshEvents."""
-    async with aclosing(watch(address, timeout=timeout, liveness=liveness)) as messages:
+    async with aclosing(watch(address, timeout=timeout, liveness=liveness, token=token)) as messages:
         async for message in messages:
             yield _parsed(address, watch_message_from_json, message)
 

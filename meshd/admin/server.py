@@ -6,12 +6,18 @@ Ops (one JSON text message each; ``meshd.admin.messages`` reads and writes them)
 - ``{"op": "start", "epoch": E}`` (``--epoch await`` only) gives the daemon its epoch; a newer one later fences it.
 Bad JSON or an unknown op answers ``{"error": "..."}`` and keeps the connection open.
 
+Strangers are bounded: at most ``limits.admin_clients`` connections at once (more are closed unheard), an HTTP
+upgrade within ADMIN_HANDSHAKE_TIMEOUT, requests of at most ``limits.admin_message_bytes``. With ``admin.token_file``
+every upgrade request must carry ``Authorization: Bearer <token>``; without it the upgrade is rejected (401, or 403
+for a wrong token) and nothing is served.
+
 trio-websocket (with wsproto and h11) is imported when the server starts, not with this module: ``meshd run``
 binds its mesh port first, and the websocket stack is a good part of a daemon's start-up.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,13 +35,14 @@ from meshd.admin.messages import (
     snapshot_json,
 )
 from meshd.bus import EventBus
+from meshd.config import Limits
 from meshd.core.wire import Epoch
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection, WebSocketServer
 
-# A request is a tiny JSON object; refuse anything bigger before parsing it.
-MAX_REQUEST_BYTES = 64 * 1024
+# How long a client may take to send its HTTP upgrade request (trio-websocket's default is a minute).
+ADMIN_HANDSHAKE_TIMEOUT = 5.0
 # Websocket close code (policy violation) for a watcher that could not keep up with the events.
 WATCHER_DROPPED = 1008
 # Websocket close code (going away) for every watcher when the daemon ends.
@@ -52,6 +59,59 @@ class Served(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def request_start(self, epoch: Epoch) -> dict[str, Any]: ...
+
+    def admin_rejected(self) -> None:
+        """Count a connection refused: no or a wrong token, or one client too many."""
+        ...
+
+
+class _Counted(trio.abc.Stream):
+    """An accepted admin connection that frees its place among ``limits.admin_clients`` when it closes."""
+
+    def __init__(self, stream: trio.SocketStream, release: Any) -> None:
+        self.socket = stream.socket  # trio-websocket reads the endpoints from it
+        self._stream = stream
+        self._release = release
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        await self._stream.aclose()
+
+
+class BoundedListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener that holds at most ``limit`` connections open; beyond, it closes new ones at once (counted)."""
+
+    def __init__(self, listener: trio.SocketListener, limit: int, rejected: Any) -> None:
+        self._listener = listener
+        self._limit = limit
+        self._rejected = rejected
+        self.open = 0
+
+    async def accept(self) -> trio.abc.Stream:
+        while True:
+            stream = await self._listener.accept()
+            if self.open < self._limit:
+                self.open += 1
+                return _Counted(stream, self._release)
+            self._rejected()
+            await trio.aclose_forcefully(stream)
+
+    def _release(self) -> None:
+        self.open -= 1
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
 
 
 class AdminSession:
@@ -95,25 +155,50 @@ class AdminSession:
                     await self.ws.aclose(WATCHER_DROPPED, "watcher fell too far behind the event stream")
 
 
+def token_verdict(headers: Sequence[tuple[bytes, bytes]], token: str | None) -> int | None:
+    """None when the upgrade request may go on; else the HTTP status to reject it with (401: no token, 403: wrong)."""
+    if token is None:
+        return None
+    presented = [value for name, value in headers if name.lower() == b"authorization"]
+    if not presented or not presented[0].startswith(b"Bearer "):
+        return 401
+    return None if hmac.compare_digest(presented[0][len(b"Bearer ") :].strip(), token.encode()) else 403
+
+
 async def serve_admin(
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
     daemon: Served,
+    token: str | None = None,
+    limits: Limits | None = None,
     *,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin websocket on ``listeners`` (from the Network) until cancelled."""
+    """Serve the admin websocket on ``listeners`` (from the Network) until cancelled; with ``token``, only to
+    clients that present it."""
     import ipaddress
 
     from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
     for listener in listeners:
         address = listener.socket.getsockname() if isinstance(listener, trio.SocketListener) else None
-        if address and not ipaddress.ip_address(address[0]).is_loopback:
+        if address and not ipaddress.ip_address(address[0]).is_loopback and token is None:
             logger.warning(
                 "admin websocket listens on non-loopback address {}: anyone who reaches it can query", address[0]
             )
+    limits = limits or Limits()
+    bounded = [
+        BoundedListener(listener, limits.admin_clients, daemon.admin_rejected)
+        if isinstance(listener, trio.SocketListener)
+        else listener
+        for listener in listeners
+    ]
 
     async def handle(request: WebSocketRequest) -> None:
+        verdict = token_verdict(request.headers, token)
+        if verdict is not None:
+            daemon.admin_rejected()
+            await request.reject(verdict, body=b"a meshd admin token is required (Authorization: Bearer ...)\n")
+            return
         ws = await request.accept()
         try:
             async with trio.open_nursery() as nursery:
@@ -121,5 +206,10 @@ async def serve_admin(
         except* ConnectionClosed:
             pass  # the client went away; nothing else to clean up
 
-    server = WebSocketServer(handle, list(listeners), max_message_size=MAX_REQUEST_BYTES)  # type: ignore[arg-type]
+    server = WebSocketServer(
+        handle,
+        bounded,  # type: ignore[arg-type]
+        max_message_size=limits.admin_message_bytes,
+        connect_timeout=ADMIN_HANDSHAKE_TIMEOUT,
+    )
     await server.run(task_status=task_status)

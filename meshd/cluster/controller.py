@@ -27,6 +27,7 @@ from meshd.cluster.spawn import log_tail, run_argv, start
 from meshd.core.address import Address
 from meshd.core.status import MeshEvent, Status, WorkerExited
 from meshd.errors import ExitCode
+from meshd.secret import read_token
 
 # Pause before restarting an exited daemon, as a process supervisor would (keeps a crash loop from spinning).
 RESTART_DELAY = 0.2
@@ -112,6 +113,7 @@ class Controller:
         self.extra_args = tuple(extra_args)
         self.follow_events = follow
         self.slots = [SlotRecord(index, address) for index, address in enumerate(admins)]
+        self.admin_token = admin_token_of(config)  # what every admin call presents
         self.stopping = False
         self.failure: str | None = None  # why the cluster cannot run (a daemon exited 1 or 2)
         self.failure_code: int | None = None  # that daemon's exit code
@@ -158,7 +160,7 @@ class Controller:
         address = self.slots[incarnation.slot].admin
         while incarnation.running and incarnation.snapshot is None:
             with contextlib.suppress(*admin.CLIENT_ERRORS):
-                async with aclosing(admin.events(address)) as messages:
+                async with aclosing(admin.events(address, token=self.admin_token)) as messages:
                     async for message in messages:
                         if not isinstance(message, Snapshot):
                             incarnation.events.append(message)
@@ -273,7 +275,7 @@ class Controller:
         """The slot's status, or None when nothing answers in time (or the answer is not meshd's). It may come from
         a process the controller did not start there (``is_ours`` tells)."""
         with contextlib.suppress(*admin.CLIENT_ERRORS):
-            return await admin.status(self.slots[slot].admin, timeout=timeout)
+            return await admin.status(self.slots[slot].admin, timeout=timeout, token=self.admin_token)
         return None
 
     async def statuses(self, timeout: float = STATUS_TIMEOUT) -> list[Status | None]:
@@ -316,6 +318,14 @@ class Controller:
             if incarnation.running:
                 self.kill(incarnation)
                 await self.wait(incarnation)
+
+
+def admin_token_of(config: Path) -> str | None:
+    """The token the daemons of ``config`` want from admin clients (its ``admin.token_file``), or None."""
+    from meshd import config as configuration
+
+    token_file = configuration.load(config).admin.token_file
+    return None if token_file is None else read_token(Path(token_file))
 
 
 def _job_done(incarnation: Incarnation) -> bool:

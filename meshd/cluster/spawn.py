@@ -13,6 +13,7 @@ from typing import Any
 
 from meshd.children import die_with_parent, libc_prctl
 from meshd.core.address import Address
+from meshd.secret import write_key_file
 
 HOST = "127.0.0.1"
 # Timeouts of clusters on one host that must notice faults in a fraction of a second (the real-process tests, chaos):
@@ -81,6 +82,12 @@ class PortAllocator:
         raise RuntimeError(f"no {count} consecutive free ports on {self.host} in {attempts} attempts")
 
 
+# The key file a cluster's configs share: one per directory (a local cluster, a test).
+SHARED_KEY_FILE = "meshd.key"
+# The admin token file they share when they have one (a new key makes a good token).
+SHARED_TOKEN_FILE = "admin.token"
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -97,9 +104,23 @@ def write_config(
     peers: Sequence[Address | str],
     timeouts: Mapping[str, float] | None = None,
     extra: str = "",
+    secret_file: str | None = SHARED_KEY_FILE,
+    admin_token: bool = False,
 ) -> Path:
-    """A cluster's TOML config: its name, its peers in slot order, timeouts over the defaults; ``extra`` verbatim."""
+    """A cluster's TOML config: its name, its peers in slot order, timeouts over the defaults; ``extra`` verbatim.
+
+    ``secret_file`` (beside the config; made when missing, so that every config of one directory shares its key)
+    is the cluster's secret; None runs without one. ``admin_token`` adds an ``admin.token_file`` made the same way
+    (admin websockets beyond loopback need one)."""
     lines = ["[cluster]", f"name = {toml_value(name)}", f"peers = {toml_value([str(peer) for peer in peers])}"]
+    if secret_file is not None:
+        if not (path.parent / secret_file).exists():
+            write_key_file(path.parent / secret_file)
+        lines.append(f"secret_file = {toml_value(secret_file)}")
+    if admin_token:
+        if not (path.parent / SHARED_TOKEN_FILE).exists():
+            write_key_file(path.parent / SHARED_TOKEN_FILE)
+        lines += ["", "[admin]", f"token_file = {toml_value(SHARED_TOKEN_FILE)}"]
     if timeouts:
         lines += ["", "[timeouts]", *(f"{key} = {toml_value(value)}" for key, value in timeouts.items())]
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")

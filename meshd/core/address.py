@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from attrs import frozen
 
 
@@ -23,6 +25,16 @@ class Address:
         if not 0 <= number <= 65535:
             raise ValueError(f"port {number} is outside 0..65535")
         return cls(host, number)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the address: a loopback IP, or the name ``localhost``."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

@@ -36,16 +36,21 @@ import enum
 from attrs import frozen
 
 from meshd.core import generation
+from meshd.core.auth import Authenticator
 from meshd.core.wire import (
     NO_TARGET,
     Accept,
     Answer,
+    Challenge,
     Epoch,
+    Frame,
     FrameDecoder,
     Goodbye,
     Hello,
+    Proof,
     Refuse,
     RefuseReason,
+    Seal,
     UnsupportedVersion,
     encode,
 )
@@ -218,20 +223,28 @@ class PeerAnswer:
 
 @frozen
 class PeerFailed:
-    """No hello came: the peer closed first, sent garbage (refused, see ``reason``), or refused us unheard."""
+    """No hello came: the peer closed first, sent garbage or failed to authenticate (we refused it: ``ours``), or
+    refused us unheard (``reason`` is the refusal's)."""
 
     reason: RefuseReason | None
     detail: str
+    ours: bool = False  # we refused the peer (else it refused us, or closed)
 
 
 HandshakeEvent = PeerHello | PeerAnswer | PeerFailed
 
 
 class Phase(enum.Enum):
+    AWAIT_CHALLENGE = "await challenge"  # (with a secret) the peer's nonce
+    AWAIT_PROOF = "await proof"  # (with a secret) the peer's proof of a key
     AWAIT_HELLO = "await hello"
     MUST_ANSWER = "must answer"
     AWAIT_ANSWER = "await answer"
     DONE = "done"
+
+
+# The epoch a refusal carries before the peer proved a key: ours is not disclosed to strangers.
+UNDISCLOSED = Epoch(0)
 
 
 class Handshake:
@@ -239,13 +252,29 @@ class Handshake:
 
     Events come in order: PeerHello (then the caller must ``answer``), then PeerAnswer; or PeerFailed. After the
     exchange, ``decoder`` still holds whatever the peer sent after its answer; the link reads on from it.
+
+    With an ``auth`` (a cluster secret) the machine first trades challenges and proofs, sends our hello only once
+    the peer's proof verified, and takes the peer's hello and answer only with a valid seal: an unsealed or badly
+    sealed hello is PeerFailed(AUTH_FAILED) and never reaches the caller; a badly sealed answer is no answer.
     """
 
-    def __init__(self, hello: Hello) -> None:
+    def __init__(self, hello: Hello, auth: Authenticator | None = None) -> None:
         self.decoder = FrameDecoder()
-        self.phase = Phase.AWAIT_HELLO
-        self._epoch = hello.epoch
-        self._outgoing = bytearray(encode(hello))
+        self._hello = hello
+        self._auth = auth
+        self._unsealed_hello: Hello | None = None  # the peer's hello, waiting for its seal
+        self._unsealed_answer: Answer | None = None  # the peer's answer, waiting for its seal
+        if auth is None:
+            self.phase = Phase.AWAIT_HELLO
+            self._outgoing = bytearray(encode(hello))
+        else:
+            self.phase = Phase.AWAIT_CHALLENGE
+            self._outgoing = bytearray(encode(auth.challenge))
+
+    @property
+    def _disclosed_epoch(self) -> Epoch:
+        """The epoch our refusals may carry: ours once the peer proved a key (or without a secret)."""
+        return self._hello.epoch if self._auth is None or self._auth.authenticated else UNDISCLOSED
 
     def data_to_send(self) -> bytes:
         data = bytes(self._outgoing)
@@ -262,53 +291,123 @@ class Handshake:
         """Queue our answer to the peer's hello (only right after PeerHello)."""
         if self.phase is not Phase.MUST_ANSWER:
             raise LocalProtocolError(f"answer in phase {self.phase.value}")
-        self._outgoing += encode(frame)
+        data = encode(frame)
+        self._outgoing += data
+        if self._auth is not None:
+            self._outgoing += encode(self._auth.seal_answer(data))
         self.phase = Phase.AWAIT_ANSWER
 
     def next_event(self) -> HandshakeEvent | None:
         """The next event, or None while more bytes are needed (or while our answer is due)."""
-        if self.phase is Phase.AWAIT_HELLO:
-            event = self._read_hello()
-        elif self.phase is Phase.AWAIT_ANSWER:
-            event = self._read_answer()
-        else:
-            return None
-        if isinstance(event, PeerHello):
-            self.phase = Phase.MUST_ANSWER
-        elif event is not None:
-            self.phase = Phase.DONE
-        return event
+        while True:
+            if self.phase is Phase.AWAIT_CHALLENGE:
+                event = self._read_challenge()
+            elif self.phase is Phase.AWAIT_PROOF:
+                event = self._read_proof()
+            elif self.phase is Phase.AWAIT_HELLO:
+                event = self._read_hello()
+            elif self.phase is Phase.AWAIT_ANSWER:
+                event = self._read_answer()
+            else:
+                return None
+            if event is _Step.ADVANCED:
+                continue
+            if isinstance(event, PeerHello):
+                self.phase = Phase.MUST_ANSWER
+            elif event is not None:
+                self.phase = Phase.DONE
+            return event
 
     def _fail(self, reason: RefuseReason, detail: str) -> PeerFailed:
-        self._outgoing += encode(Refuse(reason, self._epoch, detail))
-        return PeerFailed(reason, detail)
+        self._outgoing += encode(Refuse(reason, self._disclosed_epoch, detail))
+        return PeerFailed(reason, detail, ours=True)
 
-    def _read_hello(self) -> HandshakeEvent | None:
+    def _next_frame(self) -> Frame | PeerFailed | None:
+        """The peer's next frame; a malformed one fails the exchange (refused BAD_VERSION or PROTOCOL_ERROR)."""
         try:
-            frame = self.decoder.next_frame()
+            return self.decoder.next_frame()
         except UnsupportedVersion as exc:
             return self._fail(RefuseReason.BAD_VERSION, str(exc))
         except RemoteProtocolError as exc:
             return self._fail(RefuseReason.PROTOCOL_ERROR, str(exc))
+
+    def _unexpected(self, frame: Frame | None, expected: str) -> HandshakeEvent | None:
+        """The peer's frame where ``expected`` was due: its refusal or goodbye, the end of the stream, or garbage."""
         match frame:
             case None:
-                return PeerFailed(None, "peer closed before its hello") if self.decoder.at_eof else None
-            case Hello():
-                return PeerHello(frame)
+                return PeerFailed(None, f"peer closed before its {expected}") if self.decoder.at_eof else None
             case Refuse(reason=reason, detail=detail):
                 return PeerFailed(reason, f"peer refused us: {detail}")
             case Goodbye(reason=reason):
                 return PeerFailed(None, f"peer is leaving: {reason}")
-        return self._fail(RefuseReason.PROTOCOL_ERROR, f"expected a hello, got {type(frame).__name__}")
+            case Challenge() if self._auth is None:
+                return self._fail(RefuseReason.AUTH_FAILED, "peer authenticates with a cluster secret; we have none")
+            case Hello() if self._auth is not None and expected != "hello":
+                return self._fail(RefuseReason.AUTH_FAILED, "peer sent a hello without proving a key")
+        return self._fail(RefuseReason.PROTOCOL_ERROR, f"expected a {expected}, got {type(frame).__name__}")
 
-    def _read_answer(self) -> PeerAnswer | None:
+    def _read_challenge(self) -> HandshakeEvent | _Step | None:
+        assert self._auth is not None
+        frame = self._next_frame()
+        if not isinstance(frame, Challenge):
+            return frame if isinstance(frame, PeerFailed) else self._unexpected(frame, "challenge")
+        proof = self._auth.take_challenge(frame)
+        if proof is None:
+            return self._fail(RefuseReason.AUTH_FAILED, "peer's challenge does not fit ours")
+        self._outgoing += encode(proof)
+        self.phase = Phase.AWAIT_PROOF
+        return _Step.ADVANCED
+
+    def _read_proof(self) -> HandshakeEvent | _Step | None:
+        assert self._auth is not None
+        frame = self._next_frame()
+        if not isinstance(frame, Proof):
+            return frame if isinstance(frame, PeerFailed) else self._unexpected(frame, "proof")
+        if not self._auth.check_proof(frame):
+            return self._fail(RefuseReason.AUTH_FAILED, "peer's proof verifies under none of our keys")
+        hello = encode(self._hello)
+        self._outgoing += hello + encode(self._auth.seal_hello(hello))
+        self.phase = Phase.AWAIT_HELLO
+        return _Step.ADVANCED
+
+    def _read_hello(self) -> HandshakeEvent | _Step | None:
+        frame = self._next_frame()
+        if isinstance(frame, PeerFailed):
+            return frame
+        if self._auth is None:
+            return PeerHello(frame) if isinstance(frame, Hello) else self._unexpected(frame, "hello")
+        if self._unsealed_hello is None:
+            if not isinstance(frame, Hello):
+                return self._unexpected(frame, "hello")
+            self._unsealed_hello = frame
+            return _Step.ADVANCED
+        if not isinstance(frame, Seal):
+            return self._unexpected(frame, "seal")
+        hello, self._unsealed_hello = self._unsealed_hello, None
+        if not self._auth.check_hello(encode(hello), frame):
+            return self._fail(RefuseReason.AUTH_FAILED, "peer's hello is not sealed by its key")
+        return PeerHello(hello)
+
+    def _read_answer(self) -> PeerAnswer | _Step | None:
         try:
             frame = self.decoder.next_frame()
         except RemoteProtocolError:
             return PeerAnswer(None)
-        match frame:
-            case None:
-                return PeerAnswer(None) if self.decoder.at_eof else None
-            case Accept() | Refuse() | Goodbye():
-                return PeerAnswer(frame)
-        return PeerAnswer(None)
+        if frame is None:
+            return PeerAnswer(None) if self.decoder.at_eof else None
+        if self._auth is None:
+            return PeerAnswer(frame if isinstance(frame, Accept | Refuse | Goodbye) else None)
+        if self._unsealed_answer is None:
+            if not isinstance(frame, Accept | Refuse | Goodbye):
+                return PeerAnswer(None)
+            self._unsealed_answer = frame
+            return _Step.ADVANCED
+        answer, self._unsealed_answer = self._unsealed_answer, None
+        sealed = isinstance(frame, Seal) and self._auth.check_answer(encode(answer), frame)
+        return PeerAnswer(answer if sealed else None)
+
+
+class _Step(enum.Enum):
+    """What a step of the machine that took a frame without an event returns: read on."""
+
+    ADVANCED = "advanced"

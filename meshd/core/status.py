@@ -65,6 +65,7 @@ class EndCause(enum.StrEnum):
     UNREACHABLE = "unreachable"  # the connect failed or timed out
     NO_ANSWER = "no_answer"  # the peer never answered our hello
     LOCAL = "local"  # this process ended it: a newer connection, a tie-break, a generation move
+    UNAUTHENTICATED = "unauthenticated"  # the peer proved no key of the cluster's secret: we refused it AUTH_FAILED
 
 
 @frozen
@@ -219,6 +220,9 @@ class Status:
     started: float
     peers: tuple[PeerRow, ...]
     worker: WorkerStatus = WorkerStatus()
+    auth_failures: int = 0  # connections refused AUTH_FAILED: their peer proved no key of the cluster's secret
+    handshakes_shed: int = 0  # mesh connections closed unheard: limits.pending_handshakes were in progress
+    admin_rejected: int = 0  # admin websocket connections refused: no or a wrong token, or too many clients
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +239,9 @@ class Status:
             "started": self.started,
             "peers": [peer.to_json() for peer in self.peers],
             "worker": self.worker.to_json(),
+            "auth_failures": self.auth_failures,
+            "handshakes_shed": self.handshakes_shed,
+            "admin_rejected": self.admin_rejected,
         }
 
     @classmethod
@@ -253,6 +260,9 @@ class Status:
             started=data["started"],
             peers=tuple(PeerRow.from_json(peer) for peer in data["peers"]),
             worker=WorkerStatus() if data.get("worker") is None else WorkerStatus.from_json(data["worker"]),
+            auth_failures=data.get("auth_failures", 0),
+            handshakes_shed=data.get("handshakes_shed", 0),
+            admin_rejected=data.get("admin_rejected", 0),
         )
 
 

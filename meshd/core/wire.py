@@ -18,10 +18,16 @@ Payloads:
     GOODBYE    u16 length, reason (UTF-8)
     VIEW       u64 epoch.major, u64 epoch.minor, u8 flags (bit 0: the sender is ready with this view), u16 count,
                count x u64: the incarnation the sender links to in every slot, its own included, 0 while down
+    DATA       magic, u16 version, u16 sender, u16 target, u64 epoch.major, u64 epoch.minor, u64 incarnation,
+               u64 target incarnation (fixed size)
+    CHALLENGE  magic, u16 version, u8 flags (bit 0: the sender dialed; bit 1: a data connection), 32-byte nonce
+    PROOF      32-byte HMAC-SHA256 tag: the sender knows a key of the cluster's secret (``meshd.core.auth``)
+    SEAL       32-byte HMAC-SHA256 tag over the handshake so far and the frame right before it
 
 Every connection starts with two rounds: both ends send a HELLO at once, then each answers the other's with ACCEPT
-or REFUSE (or GOODBYE when it is stopping). Magic and version lead the hello so that a peer speaking another version
-is recognised before the rest is parsed.
+or REFUSE (or GOODBYE when it is stopping). With a cluster secret, two rounds come first (CHALLENGE, PROOF) and a
+SEAL follows every hello and answer (docs/protocol.md). Magic and version lead the hello (and the challenge) so that
+a peer speaking another version is recognised before the rest is parsed.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from meshd.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"MSHD"
 # Version 2: the answer round (ACCEPT/REFUSE after both hellos), the BEHIND and BAD_EPOCH reasons, the VIEW flags.
-PROTOCOL_VERSION = 2
+# Version 3: the authenticated handshake (CHALLENGE, PROOF, SEAL) and the AUTH_FAILED reason.
+PROTOCOL_VERSION = 3
 # A hello is under 300 bytes; anything near this limit is garbage or an attack, never a meshd peer.
 MAX_FRAME_SIZE = 64 * 1024
 # The target index a listener puts in its hello: it learns who dialed only from the dialer's hello.
@@ -59,6 +66,14 @@ FLAG_AUTO = 0x01
 _REFUSE_HEAD = struct.Struct(">BQQH")
 _DATA_BODY = struct.Struct(">HHQQQQ")
 _TEXT_HEAD = struct.Struct(">H")
+_CHALLENGE_BODY = struct.Struct(">B")
+# A handshake nonce: fresh random bytes from each end of every authenticated connection.
+NONCE_SIZE = 32
+# An HMAC-SHA256 tag (PROOF, SEAL).
+TAG_SIZE = 32
+# Challenge flags: the sender dialed (else it accepted); the connection is a data connection (else a control link).
+CHALLENGE_DIALER = 0x01
+CHALLENGE_DATA = 0x02
 
 
 class FrameType(enum.IntEnum):
@@ -69,6 +84,9 @@ class FrameType(enum.IntEnum):
     VIEW = 5  # which incarnation of every slot the sender is linked to: the mesh is ready when all views agree
     ACCEPT = 6  # the sender's answer to the peer's hello: link (the link is up once both ends accepted)
     DATA = 7  # the first frame of a data connection (for the worker), from the dialer only
+    CHALLENGE = 8  # with a secret, the first frame from both ends: a fresh nonce (discloses nothing else)
+    PROOF = 9  # with a secret, the second: proof that the sender knows a key, bound to both nonces and roles
+    SEAL = 10  # with a secret, after every hello and answer: the sender's tag over the handshake so far
 
 
 class RefuseReason(enum.IntEnum):
@@ -86,6 +104,7 @@ class RefuseReason(enum.IntEnum):
     WRONG_MODE = 9  # one end takes fixed epochs, the other mints its own generations
     BEHIND = 10  # the sender's epoch is older than the receiver's: the sender follows (adopts, mints above, or exits)
     BAD_EPOCH = 11  # (auto) the receiver's generation lies beyond the range generations may take
+    AUTH_FAILED = 12  # the receiver did not prove a key of the cluster's secret (or sent no proof at all)
 
 
 @total_ordering
@@ -145,6 +164,30 @@ class DataHello:
 
 
 @frozen
+class Challenge:
+    """With a cluster secret, the first frame from both ends: which end sent it, and its fresh nonce."""
+
+    nonce: bytes
+    dialer: bool  # the sender dialed the connection
+    data: bool = False  # a data connection (else a control link)
+    version: int = PROTOCOL_VERSION
+
+
+@frozen
+class Proof:
+    """The sender knows a key of the cluster's secret: a tag over both challenges (``meshd.core.auth``)."""
+
+    tag: bytes
+
+
+@frozen
+class Seal:
+    """The sender's tag over the handshake so far and the frame it follows (a hello or an answer)."""
+
+    tag: bytes
+
+
+@frozen
 class Accept:
     """The answer "link" to the peer's hello."""
 
@@ -180,7 +223,7 @@ class View:
         return other is not None and self.epoch == other.epoch and self.incarnations == other.incarnations
 
 
-Frame = Hello | Accept | Refuse | Heartbeat | Goodbye | View | DataHello
+Frame = Hello | Accept | Refuse | Heartbeat | Goodbye | View | DataHello | Challenge | Proof | Seal
 # What one end says after reading the other's hello.
 Answer = Accept | Refuse | Goodbye
 
@@ -190,6 +233,9 @@ FRAME_HEAD_SIZE = _LENGTH.size + 1
 DATA_HELLO_SIZE = FRAME_HEAD_SIZE + _HELLO_HEAD.size + _DATA_BODY.size
 # An ACCEPT's whole size: the acceptor's answer on a data connection, the last byte meshd writes on it.
 ACCEPT_SIZE = FRAME_HEAD_SIZE
+# The whole sizes of the authentication frames: all fixed.
+CHALLENGE_SIZE = FRAME_HEAD_SIZE + _HELLO_HEAD.size + _CHALLENGE_BODY.size + NONCE_SIZE
+PROOF_SIZE = SEAL_SIZE = FRAME_HEAD_SIZE + TAG_SIZE
 
 
 def _text(data: str, limit: int) -> bytes:
@@ -249,6 +295,17 @@ def _encode(frame: Frame) -> bytes:
                 frame.target_incarnation,
             )
             kind = FrameType.DATA
+        case Challenge():
+            if len(frame.nonce) != NONCE_SIZE:
+                raise LocalProtocolError(f"a nonce has {NONCE_SIZE} bytes, not {len(frame.nonce)}")
+            flags = (CHALLENGE_DIALER if frame.dialer else 0) | (CHALLENGE_DATA if frame.data else 0)
+            body = _HELLO_HEAD.pack(MAGIC, frame.version) + _CHALLENGE_BODY.pack(flags) + frame.nonce
+            kind = FrameType.CHALLENGE
+        case Proof() | Seal():
+            if len(frame.tag) != TAG_SIZE:
+                raise LocalProtocolError(f"a tag has {TAG_SIZE} bytes, not {len(frame.tag)}")
+            body = frame.tag
+            kind = FrameType.PROOF if isinstance(frame, Proof) else FrameType.SEAL
         case View():
             count = len(frame.incarnations)
             flags = VIEW_READY if frame.ready else 0
@@ -345,6 +402,12 @@ def decode_frame(kind: int, payload: bytes) -> Frame:
             return _decode_view(payload)
         case FrameType.DATA:
             return _decode_data_hello(payload)
+        case FrameType.CHALLENGE:
+            return _decode_challenge(payload)
+        case FrameType.PROOF | FrameType.SEAL:
+            if len(payload) != TAG_SIZE:
+                raise RemoteProtocolError(f"a tag of {len(payload)} bytes, not {TAG_SIZE}")
+            return Proof(payload) if kind == FrameType.PROOF else Seal(payload)
     raise RemoteProtocolError(f"unknown frame type {kind}")
 
 
@@ -358,6 +421,19 @@ def _decode_data_hello(payload: bytes) -> DataHello:
         raise RemoteProtocolError("data hello of the wrong size")
     sender, target, major, minor, incarnation, target_incarnation = _DATA_BODY.unpack_from(payload, _HELLO_HEAD.size)
     return DataHello(sender, target, Epoch(major, minor), incarnation, target_incarnation)
+
+
+def _decode_challenge(payload: bytes) -> Challenge:
+    if len(payload) < _HELLO_HEAD.size or payload[:4] != MAGIC:
+        raise RemoteProtocolError("challenge without the meshd magic")
+    _, version = _HELLO_HEAD.unpack_from(payload)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(version)
+    if len(payload) != _HELLO_HEAD.size + _CHALLENGE_BODY.size + NONCE_SIZE:
+        raise RemoteProtocolError("challenge of the wrong size")
+    (flags,) = _CHALLENGE_BODY.unpack_from(payload, _HELLO_HEAD.size)
+    nonce = payload[_HELLO_HEAD.size + _CHALLENGE_BODY.size :]
+    return Challenge(nonce, bool(flags & CHALLENGE_DIALER), bool(flags & CHALLENGE_DATA))
 
 
 class FrameDecoder:

@@ -43,6 +43,7 @@ from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
 from meshd.cluster.spawn import FAST_TIMEOUTS, PortAllocator, meshd_argv, run_argv
 from meshd.core.address import Address
+from meshd.core.auth import Keyring, parse_keys
 from meshd.core.generation import EpochMode
 from meshd.core.status import Status
 
@@ -110,6 +111,14 @@ class Cluster:
 
     def mesh(self, index: int) -> Address:
         return Address(HOST, self.mesh_ports[index])
+
+    @property
+    def key_file(self) -> Path:
+        """The cluster's secret (every config the harness writes in one test shares it)."""
+        return self.config.parent / cluster_spawn.SHARED_KEY_FILE
+
+    def keyring(self) -> Keyring:
+        return Keyring(parse_keys(self.key_file.read_text(encoding="utf-8")))
 
 
 @dataclass(eq=False)

@@ -205,7 +205,8 @@ class Trial:
         self.workdir = workdir
         name = f"chaos-{spec.index}"
         peers = [hosts.mesh(index) for index in range(spec.size)]
-        config = write_config(workdir / "cluster.toml", name, peers, spec.timeouts)
+        remote_admin = not all(hosts.admin(index).loopback for index in range(spec.size))
+        config = write_config(workdir / "cluster.toml", name, peers, spec.timeouts, admin_token=remote_admin)
         self.controller = ChaosController(self, config, name)
         self.checker = TrialChecker()
         self.bound: set[Incarnation] = set()  # second processes seen holding a listening socket
