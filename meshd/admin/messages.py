@@ -31,7 +31,7 @@ from meshd.core.status import (
     refused_from_json,
 )
 from meshd.core.wire import U64_MAX, Epoch
-from meshd.errors import MeshdError
+from meshd.errors import LocalProtocolError, MeshdError
 
 JsonObject = dict[str, Any]
 
@@ -109,7 +109,7 @@ def parse_request(text: str | bytes) -> Request | ErrorAnswer:
     """The request a client sent, or the error to answer it with (bad JSON, an unknown op, a bad epoch)."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep, an integer of too many digits
         return ErrorAnswer(f"bad JSON: {exc}")
     op = data.get("op") if isinstance(data, dict) else None
     if op == StatusRequest.op:
@@ -128,7 +128,7 @@ def parse_object(text: str | bytes) -> JsonObject:
     """One admin message: a JSON object, or MalformedMessage."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep, an integer of too many digits
         raise MalformedMessage(f"it sent something that is not JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise MalformedMessage(f"it sent JSON that is not an object: {text[:80]!r}")
@@ -141,7 +141,7 @@ def status_from_json(data: JsonObject) -> Status:
         raise MalformedMessage(f"it answered the status request with an error: {data['error']}")
     try:
         return Status.from_json(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, LocalProtocolError) as exc:
         raise MalformedMessage(f"its answer is not a meshd status ({_why(exc)})") from exc
 
 
@@ -153,7 +153,7 @@ def start_answer_from_json(data: JsonObject) -> StartAnswer:
         raise MalformedMessage(f"its answer is not a start answer: {data!r}")
     try:
         return StartAnswer(epoch=epoch_from_json(data["epoch"]), fenced=data.get("fenced") is True)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, LocalProtocolError) as exc:
         raise MalformedMessage(f"its answer is not a start answer ({_why(exc)})") from exc
 
 
@@ -161,7 +161,7 @@ def event_from_json(data: JsonObject) -> MeshEvent:
     """The inverse of ``MeshEvent.to_json``: the typed event a watch message reports."""
     try:
         return _event(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, LocalProtocolError) as exc:
         raise MalformedMessage(f"it sent an event that is not a meshd event ({_why(exc)})") from exc
 
 
@@ -175,9 +175,19 @@ def watch_message_from_json(data: JsonObject) -> WatchMessage:
     return event_from_json(data)
 
 
+def _field(data: JsonObject, key: str, kind: type | tuple[type, ...]) -> Any:
+    """``data[key]``, which must be of ``kind`` (never a boolean for a number): TypeError otherwise."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{key!r} is {type(value).__name__} {value!r}")
+    return value
+
+
 def _event(data: JsonObject) -> MeshEvent:
     name = data["event"]
-    common = {"time": data["time"], "index": data["index"]}
+    common = {"time": _field(data, "time", (int, float)), "index": _field(data, "index", int)}
+    if "peer" in data:
+        _field(data, "peer", int)
     if name == LinkUp.name:
         return LinkUp(**common, peer=data["peer"], epoch=_epoch(data["epoch"]), direction=data["direction"])
     if name == LinkDown.name:

@@ -47,6 +47,8 @@ ADMIN_HANDSHAKE_TIMEOUT = 5.0
 WATCHER_DROPPED = 1008
 # Websocket close code (going away) for every watcher when the daemon ends.
 GOING_AWAY = 1001
+# Websocket close code (internal error) for a client whose request broke the server.
+INTERNAL_ERROR = 1011
 # How long the close handshake with a watcher may take at the daemon's end.
 CLOSE_TIMEOUT = 0.5
 
@@ -198,6 +200,10 @@ async def serve_admin(
         if verdict is not None:
             daemon.admin_rejected()
             await request.reject(verdict, body=b"a meshd admin token is required (Authorization: Bearer ...)\n")
+            # trio-websocket 0.12 would keep a rejected connection open until the client closes it (its aclose
+            # returns early once the handshake is rejected), holding one of limits.admin_clients places: a client
+            # without the token could lock every other client out. Close it now.
+            await trio.aclose_forcefully(request._connection._stream)
             return
         ws = await request.accept()
         try:
@@ -205,6 +211,10 @@ async def serve_admin(
                 await AdminSession(ws, daemon, nursery).serve()
         except* ConnectionClosed:
             pass  # the client went away; nothing else to clean up
+        except* Exception as group:  # no client's input may end the daemon: this client alone is dropped
+            logger.error("admin client {} dropped: {!r}", request.remote, group.exceptions[0])
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose(INTERNAL_ERROR, "internal error")
 
     server = WebSocketServer(
         handle,

@@ -26,7 +26,7 @@ from meshd.cluster.policy import EpochController
 from meshd.cluster.spawn import log_tail, run_argv, start
 from meshd.core.address import Address
 from meshd.core.status import MeshEvent, Status, WorkerExited
-from meshd.errors import ExitCode
+from meshd.errors import ConfigError, ExitCode
 from meshd.secret import read_token
 
 # Pause before restarting an exited daemon, as a process supervisor would (keeps a crash loop from spinning).
@@ -324,8 +324,11 @@ def admin_token_of(config: Path) -> str | None:
     """The token the daemons of ``config`` want from admin clients (its ``admin.token_file``), or None."""
     from meshd import config as configuration
 
-    token_file = configuration.load(config).admin.token_file
-    return None if token_file is None else read_token(Path(token_file))
+    try:
+        token_file = configuration.load(config).admin.token_file
+        return None if token_file is None else read_token(Path(token_file))
+    except ConfigError:
+        return None  # the daemons say what is wrong with the config as they start, and the cluster stops then
 
 
 def _job_done(incarnation: Incarnation) -> bool:

@@ -38,7 +38,7 @@ from attrs import frozen
 from meshd.admin import client as admin
 from meshd.cluster.controller import Controller, Incarnation
 from meshd.cluster.policy import EpochController, convergence_problems
-from meshd.cluster.spawn import write_config
+from meshd.cluster.spawn import SHARED_KEY_FILE, write_config
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
 from meshd.core.status import PeerState, Status, WorkerState
@@ -303,7 +303,7 @@ async def run_cluster(spec: ClusterSpec) -> int:
     cluster.say(
         f"starting {spec.size} daemons of cluster {cluster.name!r} on "
         f"{spec.host}:{spec.base_port}..{spec.base_port + spec.size - 1}, admin ports from {spec.admin_base_port}, "
-        f"logs in {workdir}"
+        f"logs in {workdir}, the cluster's key in {workdir / SHARED_KEY_FILE}"
     )
     return await cluster.run()
 

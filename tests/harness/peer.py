@@ -72,11 +72,11 @@ async def exchange(
         stream = await trio.open_tcp_stream(address.host, address.port)
         async with stream:
             while True:
-                outgoing = machine.data_to_send()
+                event = machine.next_event()
+                outgoing = machine.data_to_send()  # what the machine queued: our challenge, proof, hello, answer
                 if outgoing:
                     result.sent += outgoing
                     await stream.send_all(outgoing)
-                event = machine.next_event()
                 if event is None:
                     try:
                         data = await stream.receive_some(65536)
