@@ -303,8 +303,9 @@ async def run_cluster(spec: ClusterSpec) -> int:
     cluster.say(
         f"starting {spec.size} daemons of cluster {cluster.name!r} on "
         f"{spec.host}:{spec.base_port}..{spec.base_port + spec.size - 1}, admin ports from {spec.admin_base_port}, "
-        f"logs in {workdir}, the cluster's key in {workdir / SHARED_KEY_FILE}"
+        f"logs in {workdir}"
     )
+    cluster.say(f"the daemons authenticate with the key made for this cluster: {workdir / SHARED_KEY_FILE}")
     return await cluster.run()
 
 
