@@ -1,12 +1,13 @@
-"""The ``meshd`` command line: run, status, watch, cluster.
+"""The ``meshd`` command line: run, status, watch, start, keygen, cluster, completion.
 
-Exit codes: 0 success or orderly stop; 1 runtime failure (a port stayed busy; ``status``/``watch``: no meshd admin
-websocket answered in time); 2 usage or configuration error (the message names the flag or key); 75 fenced by a
-newer epoch. Output cut short by its reader (``meshd status | head -1``) ends the process by SIGPIPE, quietly.
+Exit codes: 0 success or orderly stop; 1 runtime failure (a port stayed busy; ``status``/``watch``/``start``: no
+meshd admin websocket answered in time; ``start``: the daemon refused the epoch; ``status --ready``/``--all``: not
+ready); 2 usage or configuration error (the message names the flag or key); 75 fenced by a newer epoch. Output cut
+short by its reader (``meshd status | head -1``) ends the process by SIGPIPE, quietly.
 
 Start-up is part of the contract (a restarted daemon must rejoin fast): this module imports only what parsing the
-command line needs, and each command imports its own machinery. ``status`` and ``watch`` load the admin client,
-never the daemon or the admin server.
+command line needs, and each command imports its own machinery. ``status``, ``watch`` and ``start`` load the admin
+client, never the daemon or the admin server; ``--version`` and ``completion`` load neither.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd.admin import DEFAULT_TIMEOUT
-from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS
+from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, ON_FENCE
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
 from meshd.core.wire import U64_MAX
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from meshd.admin.messages import WatchMessage
     from meshd.config import Config
     from meshd.core.status import MeshEvent, Status
+    from meshd.core.wire import Epoch
     from meshd.daemon import Settings
 
 DEFAULT_ADMIN = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -81,8 +83,51 @@ def count(text: str) -> int:
     return int(text)
 
 
+def _controller_epoch(text: str) -> int:
+    """An argparse type: the integer epoch of a controller's ``start`` op."""
+    if not text.isdigit() or int(text) > U64_MAX:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer below 2**64, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {text!r}")
+    return int(text)
+
+
+def _address_list(text: str) -> list[Address]:
+    """An argparse type: ``HOST:PORT,HOST:PORT,...`` (one admin address per slot, in slot order)."""
+    return [_address(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def version() -> str:
+    """The installed distribution's version (this checkout's ``meshd.__version__`` when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("meshd")
+    except PackageNotFoundError:
+        from meshd import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: prints ``meshd <version>`` and exits 0; the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"meshd {version()}", flush=True)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshd", description="Form and keep an epoch-fenced full TCP mesh.")
+    parser.add_argument("--version", action=_Version, help="print meshd's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run one daemon (one per cluster process)")
@@ -105,14 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow peers beyond loopback without a secret (cluster.insecure): anyone who reaches them can fence",
     )
+    run.add_argument(
+        "--listen", type=_address, metavar="HOST:PORT", help="where the mesh port binds (overrides cluster.listen)"
+    )
+    run.add_argument(
+        "--on-fence",
+        choices=ON_FENCE,
+        help="exit: exit 75 and let the orchestrator restart us; restart: re-execute in place, same PID, with the "
+        "newer epoch (overrides daemon.on_fence)",
+    )
     run.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help=EXEC_HELP)
 
     give_up = f"exit 1 when the daemon does not answer within SECONDS (default {DEFAULT_TIMEOUT:g})"
-    for name, text, timeout_help in (
-        ("status", "show a daemon's mesh status", give_up),
-        ("watch", "print a daemon's events as they happen", f"{give_up}; a silence of SECONDS sends a ping"),
+    talk: dict[str, argparse.ArgumentParser] = {}
+    for name, text, timeout_help, json_help in (
+        ("status", "show a daemon's mesh status (--all: every slot's)", give_up, "print JSON instead of a table"),
+        (
+            "watch",
+            "print a daemon's events as they happen",
+            f"{give_up}; a silence of SECONDS sends a ping",
+            "print JSON instead of a table",
+        ),
+        (
+            "start",
+            "give an --epoch await daemon its epoch (the controller's start op)",
+            give_up,
+            "print the daemon's answer as JSON",
+        ),
     ):
-        sub = commands.add_parser(name, help=text)
+        sub = talk[name] = commands.add_parser(name, help=text)
         sub.add_argument(
             "--admin",
             type=_address,
@@ -122,8 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--token-file", type=Path, metavar="PATH", help="the admin token to present (overrides admin.token_file)"
         )
-        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sub.add_argument("--json", action="store_true", help=json_help)
         sub.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_help)
+    _status_flags(talk["status"])
+    talk["start"].add_argument(
+        "--epoch",
+        type=_controller_epoch,
+        required=True,
+        metavar="E",
+        help="the epoch to start (an integer): the first start forms the mesh, the same epoch again changes nothing, "
+        "a newer one fences the daemon (exit 75); an older one is refused (exit 1)",
+    )
 
     keygen = commands.add_parser("keygen", help="write a new cluster key file (mode 0600), or print a key")
     keygen.add_argument("path", nargs="?", type=Path, metavar="PATH", help="the file to write (default: print the key)")
@@ -146,7 +221,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the daemons' logs into DIR, kept after the cluster ends (default: a fresh temporary directory, "
         "also kept; its path is printed)",
     )
+
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument(
+        "shell",
+        choices=("bash", "zsh"),
+        help="bash: `source <(meshd completion bash)`; zsh (after compinit): `source <(meshd completion zsh)`, "
+        "or save it as _meshd in a directory of $fpath",
+    )
     return parser
+
+
+def _status_flags(status: argparse.ArgumentParser) -> None:
+    """``meshd status``'s own flags: the readiness probe and the cluster-wide table."""
+    status.add_argument(
+        "--ready",
+        action="store_true",
+        help="a probe: exit 0 when the daemon is ready (and its worker, once one started, runs), 1 otherwise "
+        "(not ready, unreachable, or no answer within --timeout); prints the reason in one line",
+    )
+    status.add_argument(
+        "--quiet", "-q", action="store_true", help="with --ready or --all: print nothing, only exit 0 or 1"
+    )
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help="ask every slot of the cluster at once and print one table; exit 0 when every slot is ready in one "
+        "epoch, 1 otherwise. Slot K's admin websocket is the host of cluster.peers[K] (of --config) at port A+K, "
+        "A being --admin-base-port, or else the port of admin.listen (the `meshd cluster` numbering)",
+    )
+    status.add_argument(
+        "--admin-base-port",
+        type=_port,
+        metavar="A",
+        help="with --all: slot K's admin port is A+K (as `meshd cluster --admin-base-port A` numbers them)",
+    )
+    status.add_argument(
+        "--admins",
+        type=_address_list,
+        metavar="HOST:PORT,...",
+        help="with --all: every slot's admin websocket, in slot order (any other layout); --config is then optional",
+    )
 
 
 def _command(words: list[str]) -> list[str]:
@@ -186,6 +301,10 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     if epoch is None:
         raise ConfigError("--epoch", "required (or set `epoch` in the config file)")
     admin = args.admin or config.admin.listen
+    if args.on_fence is not None:
+        config.daemon.on_fence = args.on_fence
+    if args.listen is not None:
+        config.cluster.listen = args.listen
     secret_path = config.cluster.secret_file if args.secret_file is None else str(args.secret_file)
     insecure = config.cluster.insecure or args.insecure
     check_exposure(config, admin, secret_path, insecure)
@@ -215,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         listening = {}
         if index is not None and 0 <= index < config.size:
-            for address in (config.cluster.peers[index], args.admin or config.admin.listen):
+            for address in (args.listen or config.cluster.listen_address(index), args.admin or config.admin.listen):
                 with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
                     listening[address] = open_listening_sockets(address)
         return _run_daemon(args, config, listening, early_signals)
@@ -248,7 +367,30 @@ def _run_daemon(
                 sock.close()
         raise
     configure(settings.config.log.level, settings.config.log.format)
-    return trio.run(serve, settings, TcpNetwork(listening), early)
+    ending = trio.run(serve, settings, TcpNetwork(listening), early)
+    if ending.code == ExitCode.FENCED and settings.config.daemon.on_fence == "restart" and args.words is not None:
+        _restart_in_place(settings, args.words, ending.fenced_by)
+    return ending.code
+
+
+def _restart_in_place(settings: Settings, words: list[str], fenced_by: Epoch | None) -> None:
+    """``--on-fence restart``: re-execute this process with the command line its orchestrator would have used (same
+    PID: no container exit, no restart back-off); returns only when it may not (the process then exits 75)."""
+    from loguru import logger
+
+    from meshd.restart import RESTARTS_VARIABLE, restart_argv
+
+    again = restart_argv(words, settings.mode, fenced_by)
+    if again is None:
+        return
+    restarts = int(os.environ.get(RESTARTS_VARIABLE, "0")) + 1
+    logger.bind(index=settings.index, epoch=str(fenced_by or settings.mode)).warning(
+        "fenced: restarting in place (--on-fence restart, restart {}): {}", restarts, " ".join(again)
+    )
+    launcher = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv) + 1]  # the interpreter, its options, -m meshd
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [*launcher, *again], {**os.environ, RESTARTS_VARIABLE: str(restarts)})
 
 
 def _clock(timestamp: float | None) -> str:
@@ -310,9 +452,8 @@ def format_event(event: MeshEvent) -> str:
 
 
 def _admin_target(args: argparse.Namespace) -> tuple[Address, str | None]:
-    """The admin websocket ``status``/``watch`` talk to and the token they present: the flags over ``--config``."""
-    from meshd.secret import read_token
-
+    """The admin websocket ``status``/``watch``/``start`` talk to and the token they present: the flags over
+    ``--config``."""
     admin, token_file = Address.parse(DEFAULT_ADMIN), None
     if args.config is not None:
         from meshd import config as configuration
@@ -321,9 +462,16 @@ def _admin_target(args: argparse.Namespace) -> tuple[Address, str | None]:
         admin, token_file = config.admin.listen, config.admin.token_file
     if args.admin is not None:
         admin = args.admin
+    return admin, _token(args, token_file)
+
+
+def _token(args: argparse.Namespace, token_file: str | None) -> str | None:
+    """The admin token to present: ``--token-file``, else the config's ``admin.token_file``, else none."""
+    from meshd.secret import read_token
+
     if args.token_file is not None:
-        return admin, read_token(args.token_file, "--token-file")
-    return admin, None if token_file is None else read_token(Path(token_file))
+        return read_token(args.token_file, "--token-file")
+    return None if token_file is None else read_token(Path(token_file))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -331,9 +479,230 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from meshd.admin import client
 
+    if args.all:
+        return _status_all(args)
+    for flag, given in (("--admins", args.admins is not None), ("--admin-base-port", args.admin_base_port is not None)):
+        if given:
+            raise ConfigError(flag, "only with --all")
+    if args.quiet and not args.ready:
+        raise ConfigError("--quiet", "only with --ready or --all")
     admin, token = _admin_target(args)
+    if args.ready:
+        return _probe(args, admin, token)
     status = trio.run(functools.partial(client.status, admin, timeout=args.timeout, token=token))
     print(json.dumps(status.to_json()) if args.json else format_status(status), flush=True)
+    return ExitCode.OK
+
+
+def _unready(status: Status) -> str | None:
+    """Why a daemon is not ready (a probe's answer), or None: its state is ready and its worker, if one started,
+    runs (a worker that is starting, stopping or exited is not serving)."""
+    if status.state != "ready":
+        return str(status.state)
+    worker = status.worker.state
+    if worker is not None and worker != "running":
+        return f"ready, but its worker is {worker}"
+    return None
+
+
+def _down(status: Status) -> list[int]:
+    """The peers this daemon has no link to."""
+    return [peer.index for peer in status.peers if peer.state != "up"]
+
+
+def _links(status: Status) -> str:
+    return f"{len(status.peers) - len(_down(status))}/{len(status.peers)}"
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    """A probe's one line: on stdout (stderr when stdout carries --json), none with --quiet."""
+    if not args.quiet:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _probe(args: argparse.Namespace, admin: Address, token: str | None) -> int:
+    """``status --ready``: 0 when the daemon is ready, 1 otherwise, including no answer within ``--timeout`` (the
+    client bounds every step of the call, so a stopped daemon cannot hold the probe)."""
+    import trio
+
+    from meshd.admin import client
+
+    try:
+        status = trio.run(functools.partial(client.status, admin, timeout=args.timeout, token=token))
+    except AdminUnreachable as exc:
+        _say(args, f"not ready: {exc}")
+        return ExitCode.FAILURE
+    if args.json:
+        print(json.dumps(status.to_json()), flush=True)
+    why = _unready(status)
+    down = _down(status)
+    facts = f"epoch {status.epoch if status.epoch is not None else '-'}, {_links(status)} links up"
+    if down:
+        facts += f", down: peer{'s' if len(down) > 1 else ''} {', '.join(map(str, down))}"
+    if status.worker.state is not None:
+        facts += f", worker {status.worker.state}"
+    if why is None:
+        _say(args, f"ready: index {status.index} of {status.size}, {facts}")
+        return ExitCode.OK
+    _say(args, f"not ready: {why}; {facts}")
+    return ExitCode.FAILURE
+
+
+def _cluster_targets(args: argparse.Namespace) -> tuple[list[Address], str | None, str | None]:
+    """``status --all``: every slot's admin websocket, the token to present, and the cluster's name (None without
+    ``--config``). Slot K's is ``--admins``' K-th address, else the host of ``cluster.peers[K]`` at port A+K, A being
+    ``--admin-base-port`` or else the port of ``admin.listen`` (``meshd cluster``'s numbering)."""
+    if args.admin is not None:
+        raise ConfigError("--admin", "names one daemon; with --all give --admins HOST:PORT,... or --admin-base-port")
+    config = None
+    if args.config is not None:
+        from meshd import config as configuration
+
+        config = configuration.load(args.config)
+    token = _token(args, None if config is None else config.admin.token_file)
+    name = None if config is None else config.cluster.name
+    if args.admins is not None:
+        if args.admin_base_port is not None:
+            raise ConfigError("--admins", "give either --admins or --admin-base-port, not both")
+        if not args.admins:
+            raise ConfigError("--admins", "expected HOST:PORT,HOST:PORT,... (one per slot, in slot order)")
+        if config is not None and len(args.admins) != config.size:
+            raise ConfigError(
+                "--admins", f"lists {len(args.admins)} addresses, but cluster.peers of {args.config} has {config.size}"
+            )
+        return list(args.admins), token, name
+    if config is None:
+        raise ConfigError("--all", "needs --config FILE (its cluster.peers) or --admins HOST:PORT,...")
+    base, key = (args.admin_base_port, "--admin-base-port")
+    if base is None:
+        base, key = config.admin.listen.port, "admin.listen"
+    if not 1 <= base <= 65536 - config.size:
+        raise ConfigError(key, f"admin ports {base}..{base + config.size - 1} are not all in 1..65535")
+    return [Address(peer.host, base + slot) for slot, peer in enumerate(config.cluster.peers)], token, name
+
+
+async def _ask_all(admins: list[Address], timeout: float, token: str | None) -> list[Status | str]:
+    """Every slot's status, or why it gave none; all asked at once, each bounded by ``timeout``."""
+    import trio
+
+    from meshd.admin import client
+
+    found: list[Status | str] = ["not asked"] * len(admins)
+
+    async def ask(slot: int, address: Address) -> None:
+        try:
+            found[slot] = await client.status(address, timeout=timeout, token=token)
+        except client.CLIENT_ERRORS as exc:
+            found[slot] = str(exc) or f"the admin websocket at {address} went away"
+
+    async with trio.open_nursery() as nursery:
+        for slot, address in enumerate(admins):
+            nursery.start_soon(ask, slot, address)
+    return found
+
+
+def _slot_row(slot: int, admin: Address, answer: Status | str, size: int, name: str | None) -> dict[str, Any]:
+    """One slot of ``status --all`` as its JSON object (the table is made from it): ``problem`` says in a few words
+    why the slot is not ready (null when it is), ``error`` why it gave no status of its own (null when it did)."""
+    row: dict[str, Any] = {"slot": slot, "admin": str(admin)}
+    if isinstance(answer, str):
+        empty = dict.fromkeys(("epoch", "links", "down", "worker", "status"))
+        return row | {"state": "unreachable", "ready": False, "problem": "unreachable", "error": answer} | empty
+    why = _unready(answer)
+    error = None
+    if answer.index != slot or answer.size != size or (name is not None and answer.cluster != name):
+        who = f"index {answer.index} of {answer.size} in cluster {answer.cluster!r}"
+        why, error = f"answers as {who}", f"{admin} answers as {who}, not as slot {slot} of this cluster"
+    return row | {
+        "state": "foreign" if error else str(answer.state),
+        "ready": why is None,
+        "problem": why,
+        "error": error,
+        "epoch": None if answer.epoch is None else answer.epoch.to_json(),
+        "links": _links(answer),
+        "down": _down(answer),
+        "worker": None if answer.worker.state is None else str(answer.worker.state),
+        "status": answer.to_json(),
+    }
+
+
+def _cluster_verdict(rows: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether every slot is ready in one epoch, and the summary line that says so, or what is wrong."""
+    ready = [row for row in rows if row["ready"]]
+    epochs = [str(row["epoch"]) for row in rows if row["epoch"] is not None and row["state"] != "foreign"]
+    epochs = list(dict.fromkeys(epochs))
+    where = (
+        "" if not epochs else f" in epoch {epochs[0]}" if len(epochs) == 1 else f" in mixed epochs {', '.join(epochs)}"
+    )
+    head = f"cluster: {len(ready)}/{len(rows)} ready{where}"
+    problems = [f"slot {row['slot']} {row['problem']}" for row in rows if row["problem"]]
+    if problems:
+        return False, f"{head}; {'; '.join(problems)}"
+    if len(epochs) > 1:
+        return False, head
+    return True, head
+
+
+def format_cluster(rows: list[dict[str, Any]]) -> list[str]:
+    """The table of ``status --all``: one line per slot, then why each unreachable or foreign slot is so."""
+    table = [("SLOT", "ADMIN", "STATE", "EPOCH", "READY", "LINKS", "DOWN", "WORKER")]
+    for row in rows:
+        down = row["down"]
+        table.append(
+            (
+                str(row["slot"]),
+                row["admin"],
+                row["state"],
+                "-" if row["epoch"] is None else str(row["epoch"]),
+                "yes" if row["ready"] else "no",
+                row["links"] or "-",
+                ",".join(map(str, down)) if down else "-",
+                row["worker"] or "-",
+            )
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table]
+    return lines + [f"slot {row['slot']}: {row['error']}" for row in rows if row["error"]]
+
+
+def _status_all(args: argparse.Namespace) -> int:
+    """``status --all``: one table of every slot; 0 when every slot is ready in one epoch, 1 otherwise."""
+    import trio
+
+    admins, token, name = _cluster_targets(args)
+    found = trio.run(_ask_all, admins, args.timeout, token)
+    rows = [
+        _slot_row(slot, admin, answer, len(admins), name)
+        for slot, (admin, answer) in enumerate(zip(admins, found, strict=True))
+    ]
+    ok, summary = _cluster_verdict(rows)
+    report = {"ok": ok, "summary": summary, "size": len(rows), "ready": sum(row["ready"] for row in rows)}
+    if args.json:
+        output = json.dumps(report | {"slots": rows})
+    else:
+        output = summary if args.ready else "\n".join([*format_cluster(rows), summary])
+    if not args.quiet:
+        print(output, flush=True)
+    return ExitCode.OK if ok else ExitCode.FAILURE
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """The controller's ``start`` op: 0 when the daemon took the epoch, 1 when it refused it or did not answer."""
+    import trio
+
+    from meshd.admin import client
+    from meshd.core.wire import Epoch
+
+    admin, token = _admin_target(args)
+    answer = trio.run(functools.partial(client.start, admin, Epoch(args.epoch), timeout=args.timeout, token=token))
+    if args.json:
+        print(json.dumps(answer.to_json()), flush=True)
+    if answer.error is not None:
+        print(f"meshd: the daemon at {admin} refused epoch {args.epoch}: {answer.error}", file=sys.stderr, flush=True)
+        return ExitCode.FAILURE
+    if not args.json:
+        fenced = f"ran an older epoch than {answer.epoch}: it is fenced and exits 75"
+        print(f"the daemon at {admin} {fenced if answer.fenced else f'runs epoch {answer.epoch}'}", flush=True)
     return ExitCode.OK
 
 
@@ -417,7 +786,23 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "cluster": cmd_cluster, "keygen": cmd_keygen}
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell``, made from this very parser (it cannot drift from it)."""
+    from meshd.completion import script
+
+    sys.stdout.write(script(args.shell, build_parser(), hints={_epoch: EPOCH_MODES}))
+    return ExitCode.OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "watch": cmd_watch,
+    "start": cmd_start,
+    "cluster": cmd_cluster,
+    "keygen": cmd_keygen,
+    "completion": cmd_completion,
+}
 
 
 def _end_by_sigpipe() -> int:
@@ -445,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(before)
     if hasattr(args, "exec"):
         args.exec = command
+    args.words = sys.argv[1:] if argv is None else None  # the real command line: only it may be re-executed
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -38,6 +38,11 @@ class ClusterConfig:
     peers: list[Address]
     secret_file: str | None = None  # the keys every connection authenticates with (``meshd keygen``)
     insecure: bool = False  # peers beyond loopback without a secret: said explicitly, warned about
+    listen: Address | None = None  # where the mesh port binds (default: this process's own address in ``peers``)
+
+    def listen_address(self, index: int) -> Address:
+        """The address the mesh port of slot ``index`` binds: ``listen``, else the address its peers dial."""
+        return self.listen or self.peers[index]
 
 
 @define
@@ -57,6 +62,22 @@ class Timeouts:
 class AdminConfig:
     listen: Address = field(factory=lambda: Address("127.0.0.1", DEFAULT_ADMIN_PORT))
     token_file: str | None = None  # every client presents this token (required beyond loopback)
+
+
+@define
+class HttpConfig:
+    """The HTTP endpoint (``/livez``, ``/readyz``, ``/metrics``): off unless ``listen`` is set."""
+
+    listen: Address | None = None
+
+
+# What a fenced daemon does: exit 75 (its orchestrator restarts it), or restart itself in place (same PID).
+ON_FENCE = ("exit", "restart")
+
+
+@define
+class DaemonConfig:
+    on_fence: str = "exit"  # one of ON_FENCE
 
 
 @define
@@ -92,9 +113,11 @@ class Config:
     cluster: ClusterConfig
     timeouts: Timeouts = field(factory=Timeouts)
     admin: AdminConfig = field(factory=AdminConfig)
+    http: HttpConfig = field(factory=HttpConfig)
     log: LogConfig = field(factory=LogConfig)
     worker: WorkerConfig = field(factory=WorkerConfig)
     limits: Limits = field(factory=Limits)
+    daemon: DaemonConfig = field(factory=DaemonConfig)
     index: int | None = None
     epoch: int | EpochMode | None = None  # an integer, "auto" (self-minted generations) or "await" (start op)
 
@@ -259,6 +282,9 @@ def validate(config: Config) -> None:
     _require(
         worker.exec is None or worker.socket is None, "worker.socket", "a worker is either started (exec) or attached"
     )
+    _require(config.daemon.on_fence in ON_FENCE, "daemon.on_fence", f"must be one of {', '.join(ON_FENCE)}")
+    if config.cluster.listen is not None:
+        _require(config.cluster.listen.port != 0, "cluster.listen", "a mesh address needs a fixed port, not 0")
     for key, value in asdict(config.limits).items():
         _require(value >= 1, f"limits.{key}", f"must be at least 1, got {value}")
     for key, path in (

@@ -6,6 +6,7 @@ Task tree (every failure stays inside the smallest box that can hold it)::
     daemon scope (cancelled only here: after a fence, or at the end of an orderly stop)
     ├── accept loop ── one task per inbound connection, each under the handshake timeout
     ├── admin websocket server (optional)
+    ├── HTTP endpoint: probes and metrics (optional, ``[http] listen``)
     ├── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
     └── with a worker: the data plane (data connections of the generation) and the worker's supervisor
 
@@ -17,6 +18,7 @@ only on the model's Exit effect: 75 when its generation is over (after watchers 
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import signal
@@ -60,6 +62,8 @@ from meshd.errors import BindError, ExitCode
 from meshd.link import PeerLink, Session, why_no_link
 from meshd.logs import Throttle
 from meshd.net import Network, TcpNetwork, bind_with_retry
+from meshd.notify import Notifier, status_line
+from meshd.restart import RESTARTS_VARIABLE
 from meshd.secret import SecretFile
 from meshd.worker.attach import AttachedWorker
 from meshd.worker.contract import Facts
@@ -67,6 +71,8 @@ from meshd.worker.supervisor import WorkerProcess
 
 if TYPE_CHECKING:
     from loguru import Logger
+
+    from meshd.metrics import MeshMetrics
 
 # The epoch an ``--epoch await`` daemon holds until the controller's start op replaces it; never sent on the wire.
 AWAITED_PLACEHOLDER = Epoch(0)
@@ -79,7 +85,8 @@ ACCEPT_ERROR_PAUSE = 0.1
 FENCE_LINGER = 0.05
 # How long a fenced process waits at most for its watchers to take the fenced event.
 DRAIN_LIMIT = 1.0
-# At most one log line per this many seconds about connections that failed to authenticate (a flood stays quiet).
+# At most one log line per this many seconds about inbound connections refused, and as many about connections that
+# failed to authenticate: a flood of strangers stays quiet.
 AUTH_LOG_INTERVAL = 1.0
 
 
@@ -130,18 +137,23 @@ class Daemon:
         )
         self.model = MeshModel(me, config.cluster.peers, settings.mode, wall_clock(), mint if auto else None)
         self.bus = EventBus()
+        self.notifier = Notifier.from_environ(os.environ)  # systemd's Type=notify, when it asked (NOTIFY_SOCKET)
+        if self.notifier is not None:
+            self.bus.observe(self._tell_systemd)
         self.links = {
             peer: PeerLink(peer, address, self.net, config.timeouts, self, rng)
             for peer, address in enumerate(config.cluster.peers)
             if peer != settings.index
         }
-        self.mesh_address = config.cluster.peers[settings.index]
+        self.mesh_address = config.cluster.listen_address(settings.index)
         self.exit_code = ExitCode.OK
+        self.fenced_by: Epoch | None = None  # the newer epoch that fenced this process, when one did
         self._began = trio.Event()
         if self.model.began:
             self._began.set()
         self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
+        self._http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._accepting = trio.CancelScope()
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -150,6 +162,7 @@ class Daemon:
         self._pending_handshakes = 0  # inbound connections not through their handshake yet
         self._counters = {"auth_failures": 0, "handshakes_shed": 0, "admin_rejected": 0}  # status fields
         self._auth_log = Throttle(AUTH_LOG_INTERVAL)
+        self._inbound_log = Throttle(AUTH_LOG_INTERVAL)
         worker = config.worker
         self.data = (
             DataPlane(
@@ -170,6 +183,13 @@ class Daemon:
             self.worker = WorkerProcess(worker.exec, worker.stop_grace)
         elif worker.socket is not None:
             self.worker = AttachedWorker(worker.socket, worker.stop_grace, self._notify)
+        self.metrics: MeshMetrics | None = None  # with [http] listen: fed every event, read at each scrape
+        if config.http.listen is not None:
+            from meshd import metrics  # prometheus_client loads only when the endpoint is configured
+
+            restarts = int(os.environ.get(RESTARTS_VARIABLE, "0") or 0)
+            self.metrics = metrics.MeshMetrics(self.status, worker=self.worker is not None, restarts=restarts)
+            self.bus.observe(self.metrics.observe)
 
     @property
     def me(self) -> Identity:
@@ -220,6 +240,8 @@ class Daemon:
                 case StartLinks():
                     self._began.set()
                 case Publish(event=event):
+                    if isinstance(event, Fenced):
+                        self.fenced_by = event.newer
                     self._log(event)
                     self._tell_data_plane(event)
                     self.bus.publish(event)
@@ -296,6 +318,13 @@ class Daemon:
         self._log(event)
         self.bus.publish(event)
 
+    def _tell_systemd(self, _: MeshEvent | None = None) -> None:
+        """``STATUS=`` for systemd: the mesh as it is after each event (an observer of the bus: in order, never cut
+        off like a slow watcher; the notifier sends only a changed line)."""
+        if self.notifier is not None:
+            up = sum(row.state is PeerState.UP for row in self.model.rows.values())
+            self.notifier.status(status_line(self.model.state, self.me.epoch, up, len(self.model.rows)))
+
     def _log(self, event: MeshEvent) -> None:
         log = logger.bind(index=self.me.index, epoch=str(self.me.epoch))
         match event:
@@ -352,6 +381,8 @@ class Daemon:
     def attempt_failed(self, peer: int, end: LinkEnd) -> None:
         if end.cause is EndCause.UNAUTHENTICATED:
             self.auth_failed(str(self.settings.config.cluster.peers[peer]), end.detail)
+        if self.metrics is not None:
+            self.metrics.attempt_failed(end)
         if self.model.attempt_failed(peer, end):
             logger.bind(index=self.me.index, epoch=str(self.me.epoch)).debug("peer {}: {}", peer, end)
 
@@ -364,7 +395,8 @@ class Daemon:
     # ----- the process -----
 
     async def bind(self) -> None:
-        """Bind the mesh port, then the admin port, each retried for ``timeouts.bind``; BindError if one stays busy."""
+        """Bind the mesh port, then the admin port and the HTTP endpoint, each retried for ``timeouts.bind``;
+        BindError if one stays busy."""
         timeouts = self.settings.config.timeouts
         listeners = await bind_with_retry(self.net, self.mesh_address, timeouts.bind, "mesh port")
         logger.bind(index=self.me.index, epoch=str(self.me.epoch)).info(
@@ -385,6 +417,14 @@ class Daemon:
                 for listener in listeners:
                     await listener.aclose()
                 raise
+        http = self.settings.config.http.listen
+        if http is not None:
+            try:
+                self._http_listeners = await bind_with_retry(self.net, http, timeouts.bind, "HTTP endpoint")
+            except BindError:
+                for listener in (*listeners, *self._admin_listeners):
+                    await listener.aclose()
+                raise
         self._listeners = listeners
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
@@ -403,6 +443,14 @@ class Daemon:
                         self.settings.admin_token,
                         self.settings.config.limits,
                     )
+                if self._http_listeners and self.metrics is not None:
+                    from meshd.http import serve_http  # h11: only with [http] listen
+
+                    await nursery.start(serve_http, self._http_listeners, self.metrics)
+                if self.notifier is not None:  # the mesh port listens: the unit is started (the mesh forms next)
+                    self.notifier.ready()
+                    self._tell_systemd()
+                    nursery.start_soon(self.notifier.keep_alive)
                 task_status.started()
                 await self._began.wait()
                 if self.data is not None:
@@ -419,6 +467,8 @@ class Daemon:
                 await self.worker.stop(self.model.exit_reason or "the daemon ends")
             if self.data is not None:
                 self.data.close()
+        if self.notifier is not None:
+            self.notifier.close()
         return int(self.exit_code)
 
     def _warn_if_insecure(self) -> None:
@@ -436,6 +486,8 @@ class Daemon:
     async def stop(self, reason: str, code: ExitCode = ExitCode.OK) -> None:
         """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest.
         ``code`` is the exit code: 0, or 70 when the worker failed."""
+        if self.notifier is not None:
+            self.notifier.stopping()
         self.apply(self.model.stop(reason, self._now(), code))
         self._accepting.cancel()
         with trio.move_on_after(STOP_GRACE):
@@ -507,23 +559,28 @@ class Daemon:
             result = await exchange_hellos(stream, self.model, None, timeout, first.read, auth)
         except trio.TooSlowError:
             await stream.aclose()
-            self._inbound_refused(f"no frame within {timeout}s")
+            self._inbound_refused(f"no frame within {timeout}s", remote)
             return
         except LinkFailure as exc:
             await stream.aclose()
             if exc.end.cause is EndCause.UNAUTHENTICATED:
                 self.auth_failed(remote, exc.end.detail)
             else:
-                self._inbound_refused(exc.end)
+                self._inbound_refused(exc.end, remote)
             return
         finally:
             self._pending_handshakes -= 1
         concluded = await self.settle(result, dialer=result.exchange.peer)
         if concluded.outcome is Outcome.NOTHING:
-            self._inbound_refused(why_no_link(result))
+            self._inbound_refused(why_no_link(result), remote)
 
-    def _inbound_refused(self, end: LinkEnd | str) -> None:
-        self._logger().warning("inbound connection closed: {}", end)
+    def _inbound_refused(self, end: LinkEnd | str, remote: str | None = None) -> None:
+        """An inbound connection that made no link: logged with its address, throttled (strangers come in floods)."""
+        held = self._inbound_log.allow(trio.current_time())
+        if held is not None:
+            who = "" if remote is None else f" from {remote}"
+            also = f" ({held} more since the last such line)" if held else ""
+            self._logger().warning("inbound connection{} closed: {}{}", who, end, also)
 
 
 def _remote(stream: trio.abc.Stream) -> str:
@@ -539,10 +596,19 @@ def _worker_name(pid: int | None) -> str:
     return "the attached worker" if pid is None else f"worker (pid {pid})"
 
 
-async def serve(settings: Settings, net: Network | None = None, early_signals: Sequence[int] = ()) -> int:
+@frozen
+class Ending:
+    """How a daemon ended: its exit code, and the newer epoch that fenced it (when one did), which an in-place
+    restart (``daemon.on_fence = "restart"``) runs next with fixed epochs."""
+
+    code: int
+    fenced_by: Epoch | None = None
+
+
+async def serve(settings: Settings, net: Network | None = None, early_signals: Sequence[int] = ()) -> Ending:
     """Run a daemon as a process: SIGTERM and SIGINT stop it in order, also while it still waits for a busy port
-    (nothing is bound then and there is no mesh to leave). Returns the exit code: a port that stays busy is logged
-    and returns 1.
+    (nothing is bound then and there is no mesh to leave). Returns how it ended: a port that stays busy is logged and
+    ends it with 1.
 
     ``early_signals`` are those that arrived before trio ran (``meshd run`` notes them from its first instant, as it
     listens before it loads trio): the first of them stops the daemon as soon as it runs.
@@ -579,4 +645,4 @@ async def serve(settings: Settings, net: Network | None = None, early_signals: S
             nursery.start_soon(reload_on_hangup, hangups)
             code = await bind_and_run()
             nursery.cancel_scope.cancel()
-    return code
+    return Ending(code, daemon.fenced_by if code == ExitCode.FENCED else None)

@@ -31,6 +31,9 @@ DAEMON_SIDE = (
     "meshd.secret",
     "meshd.data",
     "meshd.admin.server",
+    "meshd.notify",
+    "meshd.http",
+    "meshd.metrics",
 )
 
 

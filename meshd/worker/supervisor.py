@@ -20,6 +20,7 @@ import trio
 from meshd.children import die_with_parent, libc_prctl
 from meshd.core.status import WorkerState, WorkerStatus
 from meshd.core.wire import Epoch
+from meshd.notify import child_environ
 from meshd.worker.contract import Facts
 
 
@@ -48,7 +49,10 @@ class WorkerProcess:
         thread, the daemon's main thread, on purpose (see the module's docstring); a fork takes a millisecond."""
         assert self._process is None, "one worker per daemon"
         self.status = WorkerStatus(None, WorkerState.STARTING, now, None, epoch)
-        environment = {**os.environ, **facts.to_env({peer: sock.fileno() for peer, sock in sockets.items()})}
+        environment = {
+            **child_environ(os.environ),
+            **facts.to_env({peer: sock.fileno() for peer, sock in sockets.items()}),
+        }
         try:
             self._process = subprocess.Popen(
                 self.command,

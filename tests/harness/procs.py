@@ -231,9 +231,17 @@ class Harness:
         return self.launch(name, meshd_argv(args), pipe_stdout=pipe_stdout, cls=cls, **extra)
 
     def launch(
-        self, name: str, argv: list[str], *, pipe_stdout: bool = False, cls: type[Proc] = Proc, **extra: Any
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        pipe_stdout: bool = False,
+        cls: type[Proc] = Proc,
+        env: Mapping[str, str] | None = None,
+        **extra: Any,
     ) -> Any:
-        """Start ``argv`` (``meshd.cluster.spawn.popen``: it dies with the test run) with its output in files."""
+        """Start ``argv`` (``meshd.cluster.spawn.popen``: it dies with the test run) with its output in files;
+        ``env`` adds to (or overrides) the test run's environment."""
         self._serial += 1
         stem = self.tmp / f"{self._serial:02d}-{name}"
         out_path, err_path = stem.with_suffix(".out"), stem.with_suffix(".err")
@@ -241,7 +249,7 @@ class Harness:
         files: list[IO[Any]] = [err]
         lines: queue.Queue[str] | None = None
         if pipe_stdout:
-            popen = cluster_spawn.popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+            popen = cluster_spawn.popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
             assert popen.stdout is not None
             files.append(popen.stdout)
             lines = queue.Queue()
@@ -249,7 +257,7 @@ class Harness:
         else:
             out = out_path.open("wb")
             files.append(out)
-            popen = cluster_spawn.popen(argv, stdout=out, stderr=err)
+            popen = cluster_spawn.popen(argv, stdout=out, stderr=err, env=env)
         proc = cls(name=name, argv=argv, popen=popen, out_path=out_path, err_path=err_path, files=files, **extra)
         proc.lines = lines
         self.procs.append(proc)
@@ -279,13 +287,14 @@ class Harness:
         admin: Address | None = None,
         extra_args: Iterable[str] = (),
         name: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Daemon:
         """Start ``meshd run`` for slot ``index``; ``epoch`` is an integer, "auto" or "await", or None to leave
-        ``--epoch`` out (the config file then names it)."""
+        ``--epoch`` out (the config file then names it); ``env`` adds to its environment."""
         address = admin or cluster.admin(index)
         argv = run_argv(config or cluster.config, index, epoch, address, extra_args)
         name = name or f"d{index}-e{epoch}"
-        return self.launch(name, argv, cls=Daemon, index=index, epoch=epoch, admin=address)
+        return self.launch(name, argv, cls=Daemon, env=env, index=index, epoch=epoch, admin=address)
 
     def start_all(self, cluster: Cluster, epoch: int, **kwargs: Any) -> list[Daemon]:
         return [self.start(cluster, index, epoch, **kwargs) for index in range(cluster.size)]
