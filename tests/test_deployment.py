@@ -9,6 +9,7 @@ TCP with trio's custom hostname resolver, so that a name can resolve late, or to
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,32 @@ async def test_fenced_daemons_restart_in_place_and_the_mesh_comes_back(harness: 
     if mode == "fixed":
         harness.check(all(status["epoch"] == 2 for status in after), f"not all in epoch 2: {after}")
     harness.check(after[0]["started"] > before[0]["started"], "daemon 0 did not start anew")
+
+
+async def test_a_restart_in_place_stops_its_worker_and_starts_the_next_generations(harness: Harness):
+    """With a worker: the fenced daemon stops and reaps its worker before it re-executes (the old worker is gone,
+    not a zombie), and the restarted daemon starts a new one in the new epoch."""
+    cluster = harness.cluster(2)
+    args = ["--on-fence", "restart", "--exec", "--", "sleep", "60"]
+    daemons = [harness.start(cluster, index, 1, extra_args=args) for index in range(2)]
+
+    async def workers_at(epoch: int, statuses: list) -> tuple[bool, Any]:
+        found = await harness.statuses(statuses)
+        running = all(
+            status is not None and is_ready(status, epoch) and status["worker"]["state"] == "running"
+            for status in found
+        )
+        return running, found
+
+    before = await harness.eventually(lambda: workers_at(1, daemons), "workers running at epoch 1")
+    old_worker = before[0]["worker"]["pid"]
+    daemons[1].signal(9)
+    await harness.wait_exit(daemons[1])
+    replacement = harness.start(cluster, 1, 2, extra_args=args, name="d1-replacement")
+    after = await harness.eventually(lambda: workers_at(2, [daemons[0], replacement]), "workers running at epoch 2")
+    harness.check(daemons[0].returncode is None, f"daemon 0 exited {daemons[0].returncode}")
+    harness.check(after[0]["worker"]["pid"] != old_worker, f"daemon 0 kept its worker: {after[0]['worker']}")
+    harness.check(not Path(f"/proc/{old_worker}").exists(), f"the old worker {old_worker} is still there")
 
 
 async def _one_ready_epoch(harness: Harness, daemons: list) -> list[dict]:
