@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd.admin import DEFAULT_TIMEOUT
-from meshd.config import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, ON_FENCE
-from meshd.core.address import Address
-from meshd.core.generation import EpochMode
-from meshd.core.wire import U64_MAX
+from meshd.core.names import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, ON_FENCE, U64_MAX, split_address
 from meshd.errors import AdminUnreachable, ConfigError, ExitCode
 
 if TYPE_CHECKING:
     from meshd.admin.messages import WatchMessage
     from meshd.config import Config
+    from meshd.core.address import Address
     from meshd.core.status import MeshEvent, Status
     from meshd.core.wire import Epoch
     from meshd.daemon import Settings
@@ -50,16 +48,27 @@ EXEC_HELP = (
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _address(text: str) -> Address:
+# A HOST:PORT from the command line, checked but not yet an Address (attrs would load before the mesh port listens).
+HostPort = tuple[str, int]
+
+
+def _address(text: str) -> HostPort:
     try:
-        return Address.parse(text)
+        return split_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _epoch(text: str) -> int | EpochMode:
+def _as_address(given: HostPort | None) -> Address | None:
+    from meshd.core.address import Address
+
+    return None if given is None else Address(*given)
+
+
+def _epoch(text: str) -> int | str:
+    """An argparse type: a non-negative integer epoch, or the name of an epoch mode (``auto``, ``await``)."""
     if text in EPOCH_MODES:
-        return EpochMode(text)
+        return text
     if not text.isdigit() or int(text) > U64_MAX:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, 'auto' or 'await', got {text!r}")
     return int(text)
@@ -96,7 +105,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _address_list(text: str) -> list[Address]:
+def _address_list(text: str) -> list[HostPort]:
     """An argparse type: ``HOST:PORT,HOST:PORT,...`` (one admin address per slot, in slot order)."""
     return [_address(part.strip()) for part in text.split(",") if part.strip()]
 
@@ -281,6 +290,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     from attrs import evolve
 
     from meshd.config import check_exposure
+    from meshd.core.generation import EpochMode
     from meshd.core.wire import Epoch
     from meshd.daemon import Settings
     from meshd.secret import SecretFile, read_token
@@ -300,11 +310,11 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         raise ConfigError("--index", f"must be in 0..{config.size - 1}, got {index}")
     if epoch is None:
         raise ConfigError("--epoch", "required (or set `epoch` in the config file)")
-    admin = args.admin or config.admin.listen
+    admin = _as_address(args.admin) or config.admin.listen
     if args.on_fence is not None:
         config.daemon.on_fence = args.on_fence
     if args.listen is not None:
-        config.cluster.listen = args.listen
+        config.cluster.listen = _as_address(args.listen)
     secret_path = config.cluster.secret_file if args.secret_file is None else str(args.secret_file)
     insecure = config.cluster.insecure or args.insecure
     check_exposure(config, admin, secret_path, insecure)
@@ -316,27 +326,30 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
             Path(secret_path), "--secret-file" if args.secret_file is not None else "cluster.secret_file"
         )
     token = None if config.admin.token_file is None else read_token(Path(config.admin.token_file))
-    if isinstance(epoch, EpochMode):
-        return Settings(config, index, None, admin, mode=epoch, secret=secret, admin_token=token)
+    if isinstance(epoch, str):
+        return Settings(config, index, None, admin, mode=EpochMode(epoch), secret=secret, admin_token=token)
     return Settings(config, index, Epoch(epoch), admin, secret=secret, admin_token=token)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a daemon. Its mesh and admin ports listen before trio and the protocol load (``meshd.listen``); from
     then on a SIGTERM or SIGINT is noted and stops the daemon in order once it runs."""
-    from meshd import config as configuration
-    from meshd.listen import open_listening_sockets
+    from meshd.listen import early_addresses, open_listening_sockets
 
-    config = configuration.load(args.config)
-    index = _index(args, config)
     early_signals: list[int] = []
     previous = {signum: signal.signal(signum, _noting(early_signals)) for signum in STOP_SIGNALS}
+    listening: dict[HostPort, list[socket.socket]] = {}
     try:
-        listening = {}
-        if index is not None and 0 <= index < config.size:
-            for address in (args.listen or config.cluster.listen_address(index), args.admin or config.admin.listen):
-                with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
-                    listening[address] = open_listening_sockets(address)
+        for host, port in early_addresses(args.config, args.index, args.listen, args.admin):
+            with contextlib.suppress(OSError):  # busy: the daemon retries it for timeouts.bind, and says why
+                listening[host, port] = open_listening_sockets(host, port)
+        from meshd import config as configuration
+
+        try:
+            config = configuration.load(args.config)
+        except ConfigError:
+            _close_all(listening)
+            raise
         return _run_daemon(args, config, listening, early_signals)
     finally:
         for signum, handler in previous.items():
@@ -350,11 +363,18 @@ def _noting(signals: list[int]) -> Callable[[int, Any], None]:
     return note
 
 
+def _close_all(listening: dict[HostPort, list[socket.socket]]) -> None:
+    for sockets in listening.values():
+        for sock in sockets:
+            sock.close()
+
+
 def _run_daemon(
-    args: argparse.Namespace, config: Config, listening: dict[Address, list[socket.socket]], early: list[int]
+    args: argparse.Namespace, config: Config, listening: dict[HostPort, list[socket.socket]], early: list[int]
 ) -> int:
     import trio
 
+    from meshd.core.address import Address
     from meshd.daemon import serve
     from meshd.logs import configure
     from meshd.net import TcpNetwork
@@ -362,12 +382,11 @@ def _run_daemon(
     try:
         settings = _settings(args, config)
     except ConfigError:
-        for sockets in listening.values():
-            for sock in sockets:
-                sock.close()
+        _close_all(listening)
         raise
     configure(settings.config.log.level, settings.config.log.format)
-    ending = trio.run(serve, settings, TcpNetwork(listening), early)
+    network = TcpNetwork({Address(*where): sockets for where, sockets in listening.items()})
+    ending = trio.run(serve, settings, network, early)
     if ending.code == ExitCode.FENCED and settings.config.daemon.on_fence == "restart" and args.words is not None:
         _restart_in_place(settings, args.words, ending.fenced_by)
     return ending.code
@@ -454,6 +473,8 @@ def format_event(event: MeshEvent) -> str:
 def _admin_target(args: argparse.Namespace) -> tuple[Address, str | None]:
     """The admin websocket ``status``/``watch``/``start`` talk to and the token they present: the flags over
     ``--config``."""
+    from meshd.core.address import Address
+
     admin, token_file = Address.parse(DEFAULT_ADMIN), None
     if args.config is not None:
         from meshd import config as configuration
@@ -461,7 +482,7 @@ def _admin_target(args: argparse.Namespace) -> tuple[Address, str | None]:
         config = configuration.load(args.config)
         admin, token_file = config.admin.listen, config.admin.token_file
     if args.admin is not None:
-        admin = args.admin
+        admin = Address(*args.admin)
     return admin, _token(args, token_file)
 
 
@@ -570,7 +591,9 @@ def _cluster_targets(args: argparse.Namespace) -> tuple[list[Address], str | Non
             raise ConfigError(
                 "--admins", f"lists {len(args.admins)} addresses, but cluster.peers of {args.config} has {config.size}"
             )
-        return list(args.admins), token, name
+        from meshd.core.address import Address
+
+        return [Address(*given) for given in args.admins], token, name
     if config is None:
         raise ConfigError("--all", "needs --config FILE (its cluster.peers) or --admins HOST:PORT,...")
     base, key = (args.admin_base_port, "--admin-base-port")
@@ -578,6 +601,8 @@ def _cluster_targets(args: argparse.Namespace) -> tuple[list[Address], str | Non
         base, key = config.admin.listen.port, "admin.listen"
     if not 1 <= base <= 65536 - config.size:
         raise ConfigError(key, f"admin ports {base}..{base + config.size - 1} are not all in 1..65535")
+    from meshd.core.address import Address
+
     return [Address(peer.host, base + slot) for slot, peer in enumerate(config.cluster.peers)], token, name
 
 

@@ -21,15 +21,12 @@ from cattrs.gen import make_dict_structure_fn
 
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
-from meshd.core.wire import MAX_CLUSTER_SIZE, MAX_NAME_BYTES, U64_MAX
+from meshd.core.names import DEFAULT_ADMIN_PORT, EPOCH_MODES, LOG_FORMATS, LOG_LEVELS, ON_FENCE, U64_MAX
+from meshd.core.wire import MAX_CLUSTER_SIZE, MAX_NAME_BYTES
 from meshd.errors import ConfigError
 
 # How to make a secret, in every message that asks for one.
 KEYGEN_HINT = "make one with `meshd keygen PATH` and copy it to every process"
-
-LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-LOG_FORMATS = ("text", "json")
-DEFAULT_ADMIN_PORT = 7100
 
 
 @define
@@ -69,10 +66,6 @@ class HttpConfig:
     """The HTTP endpoint (``/livez``, ``/readyz``, ``/metrics``): off unless ``listen`` is set."""
 
     listen: Address | None = None
-
-
-# What a fenced daemon does: exit 75 (its orchestrator restarts it), or restart itself in place (same PID).
-ON_FENCE = ("exit", "restart")
 
 
 @define
@@ -157,10 +150,6 @@ def _only(kind: type, name: str, inner: Callable[[Any, type], T]) -> Callable[[A
         return inner(value, target)
 
     return hook
-
-
-# The epochs given by name, not by number.
-EPOCH_MODES = (EpochMode.AUTO.value, EpochMode.AWAIT.value)
 
 
 def _structure_epoch(value: Any, _: type) -> int | EpochMode:

@@ -49,9 +49,9 @@ class TcpNetwork:
     async def listen(self, address: Address) -> Sequence[trio.SocketListener]:
         sockets = self._listening.pop(address, None)
         if sockets is None and _numeric(address.host):
-            sockets = open_listening_sockets(address)  # no name to resolve: nothing blocks
+            sockets = open_listening_sockets(address.host, address.port)  # no name to resolve: nothing blocks
         elif sockets is None:
-            sockets = await trio.to_thread.run_sync(open_listening_sockets, address)
+            sockets = await trio.to_thread.run_sync(open_listening_sockets, address.host, address.port)
         return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 

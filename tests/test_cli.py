@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ import trio
 
 from meshd.cluster.local import STARTS_FILE
 from meshd.core.address import Address
+from meshd.core.generation import EpochMode
+from meshd.core.names import EPOCH_MODES
+from meshd.listen import early_addresses
 from tests.harness.procs import (
     DEADLINE,
     HOST,
@@ -436,3 +440,57 @@ async def test_cluster_refuses_ports_held_by_another_clusters_daemons(harness: H
         and all(is_ready(status, 1) for status in after),
         f"the other cluster was disturbed: {after}",
     )
+
+
+# ----- the start-up path: addresses from the raw TOML, before the config's structuring loads
+
+
+@pytest.mark.parametrize(
+    ("toml", "index", "flags", "expected"),
+    [
+        pytest.param(
+            'index = 1\n[cluster]\npeers = ["127.0.0.1:7000", "127.0.0.1:7001"]\n',
+            None,
+            (None, None),
+            [("127.0.0.1", 7001), ("127.0.0.1", 7100)],
+            id="the slot's peer address and the default admin",
+        ),
+        pytest.param(
+            '[cluster]\npeers = ["a:1", "b:2"]\nlisten = "0.0.0.0:7000"\n[admin]\nlisten = "[::1]:9000"\n',
+            0,
+            (None, None),
+            [("0.0.0.0", 7000), ("::1", 9000)],
+            id="cluster.listen and admin.listen",
+        ),
+        pytest.param(
+            '[cluster]\npeers = ["a:1", "b:2"]\n',
+            0,
+            (("127.0.0.2", 5), ("127.0.0.3", 6)),
+            [("127.0.0.2", 5), ("127.0.0.3", 6)],
+            id="the flags win",
+        ),
+        pytest.param('[cluster]\npeers = ["a:1"]\n', 4, (None, None), [("127.0.0.1", 7100)], id="index out of range"),
+        pytest.param("not toml [", 0, (None, None), [("127.0.0.1", 7100)], id="not TOML: the daemon says why later"),
+    ],
+)
+def test_the_early_listen_addresses_come_from_the_raw_toml(tmp_path, toml, index, flags, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(toml, encoding="utf-8")
+    assert early_addresses(path, index, *flags) == expected
+
+
+def test_the_epoch_mode_names_are_the_enums():
+    assert set(EPOCH_MODES) == {mode.value for mode in EpochMode} - {EpochMode.FIXED.value}
+
+
+def test_meshd_run_loads_neither_attrs_nor_trio_before_its_mesh_port_listens(tmp_path):
+    """What ``meshd run`` imports up to its listening sockets: the standard library, ``meshd.cli``,
+    ``meshd.core.names``, ``meshd.listen`` and ``meshd.errors`` (spawn -> listening is part of the contract)."""
+    probe = (
+        "import sys, meshd.cli, meshd.listen\n"
+        "heavy = sorted(m for m in ('attrs', 'attr', 'cattrs', 'trio', 'loguru', 'meshd.config', 'meshd.core.wire')"
+        " if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert found.stdout.strip() == "", f"loaded before listening: {found.stdout}"

@@ -6,6 +6,8 @@ import ipaddress
 
 from attrs import frozen
 
+from meshd.core.names import split_address
+
 
 @frozen(order=True)
 class Address:
@@ -16,15 +18,7 @@ class Address:
 
     @classmethod
     def parse(cls, text: str) -> Address:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        number = int(port)
-        if not 0 <= number <= 65535:
-            raise ValueError(f"port {number} is outside 0..65535")
-        return cls(host, number)
+        return cls(*split_address(text))
 
     @property
     def loopback(self) -> bool:

@@ -38,6 +38,7 @@ from functools import total_ordering
 
 from attrs import frozen
 
+from meshd.core.names import U64_MAX
 from meshd.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"MSHD"
@@ -52,7 +53,6 @@ NO_TARGET = 0xFFFF
 MAX_CLUSTER_SIZE = NO_TARGET
 # The cluster name travels with a u8 length.
 MAX_NAME_BYTES = 255
-U64_MAX = 2**64 - 1
 
 _LENGTH = struct.Struct(">I")
 _HELLO_HEAD = struct.Struct(">4sH")
