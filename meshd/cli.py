@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from meshd.config import Config
     from meshd.core.address import Address
     from meshd.core.status import MeshEvent, Status
-    from meshd.core.wire import Epoch
     from meshd.daemon import Settings
 
 DEFAULT_ADMIN = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -165,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--on-fence",
         choices=ON_FENCE,
-        help="exit: exit 75 and let the orchestrator restart us; restart: re-execute in place, same PID, with the "
+        help="exit: exit 75 and let the orchestrator restart us; restart: start a new daemon in this process, with the "
         "newer epoch (overrides daemon.on_fence)",
     )
     run.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD", help=EXEC_HELP)
@@ -373,11 +372,13 @@ def _run_daemon(
     args: argparse.Namespace, config: Config, listening: dict[HostPort, list[socket.socket]], early: list[int]
 ) -> int:
     import trio
+    from loguru import logger
 
     from meshd.core.address import Address
     from meshd.daemon import serve
     from meshd.logs import configure
     from meshd.net import TcpNetwork
+    from meshd.restart import next_settings
 
     try:
         settings = _settings(args, config)
@@ -386,30 +387,19 @@ def _run_daemon(
         raise
     configure(settings.config.log.level, settings.config.log.format)
     network = TcpNetwork({Address(*where): sockets for where, sockets in listening.items()})
-    ending = trio.run(serve, settings, network, early)
-    if ending.code == ExitCode.FENCED and settings.config.daemon.on_fence == "restart" and args.words is not None:
-        _restart_in_place(settings, args.words, ending.fenced_by)
-    return ending.code
-
-
-def _restart_in_place(settings: Settings, words: list[str], fenced_by: Epoch | None) -> None:
-    """``--on-fence restart``: re-execute this process with the command line its orchestrator would have used (same
-    PID: no container exit, no restart back-off); returns only when it may not (the process then exits 75)."""
-    from loguru import logger
-
-    from meshd.restart import RESTARTS_VARIABLE, restart_argv
-
-    again = restart_argv(words, settings.mode, fenced_by)
-    if again is None:
-        return
-    restarts = int(os.environ.get(RESTARTS_VARIABLE, "0")) + 1
-    logger.bind(index=settings.index, epoch=str(fenced_by or settings.mode)).warning(
-        "fenced: restarting in place (--on-fence restart, restart {}): {}", restarts, " ".join(again)
-    )
-    launcher = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv) + 1]  # the interpreter, its options, -m meshd
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [*launcher, *again], {**os.environ, RESTARTS_VARIABLE: str(restarts)})
+    while True:
+        ending = trio.run(serve, settings, network, early)
+        again = None
+        if ending.code == ExitCode.FENCED and settings.config.daemon.on_fence == "restart":
+            again = next_settings(settings, ending.fenced_by)
+        if again is None:
+            return ending.code
+        logger.bind(index=settings.index, epoch=str(ending.fenced_by or settings.mode)).warning(
+            "fenced: restarting in place (--on-fence restart, restart {}){}",
+            again.restarts,
+            "" if again.epoch is None else f" at epoch {again.epoch}",
+        )
+        settings, network = again, TcpNetwork()
 
 
 def _clock(timestamp: float | None) -> str:
@@ -855,7 +845,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(before)
     if hasattr(args, "exec"):
         args.exec = command
-    args.words = sys.argv[1:] if argv is None else None  # the real command line: only it may be re-executed
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -63,7 +63,6 @@ from meshd.link import PeerLink, Session, why_no_link
 from meshd.logs import Throttle
 from meshd.net import Network, TcpNetwork, bind_with_retry
 from meshd.notify import Notifier, status_line
-from meshd.restart import RESTARTS_VARIABLE
 from meshd.secret import SecretFile
 from meshd.worker.attach import AttachedWorker
 from meshd.worker.contract import Facts
@@ -101,6 +100,7 @@ class Settings:
     mode: EpochMode = field(default=EpochMode.FIXED, converter=EpochMode)
     secret: SecretFile | None = None  # the cluster's keys: every connection authenticates with them
     admin_token: str | None = None  # every admin client presents it
+    restarts: int = 0  # in-place restarts of this process before this daemon (``--on-fence restart``)
 
 
 def new_incarnation() -> int:
@@ -187,8 +187,7 @@ class Daemon:
         if config.http.listen is not None:
             from meshd import metrics  # prometheus_client loads only when the endpoint is configured
 
-            restarts = int(os.environ.get(RESTARTS_VARIABLE, "0") or 0)
-            self.metrics = metrics.MeshMetrics(self.status, worker=self.worker is not None, restarts=restarts)
+            self.metrics = metrics.MeshMetrics(self.status, worker=self.worker is not None, restarts=settings.restarts)
             self.bus.observe(self.metrics.observe)
 
     @property

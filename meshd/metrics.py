@@ -277,7 +277,8 @@ class MeshMetrics:
     def _worker_families(self, status: Status) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "meshd_restarts_in_place",
-            "Times this process re-executed itself after a fence (--on-fence restart; same PID, new incarnation).",
+            "Times this process restarted its daemon in place after a fence (--on-fence restart; same PID, a new "
+            "incarnation).",
             self.restarts,
         )
         if not self.worker:

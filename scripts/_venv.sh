@@ -14,5 +14,8 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$(cat "$ST
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${INSTALL[@]}"
     echo "${INSTALL[*]}" > "$STAMP"
 fi
+# Compiled bytecode for meshd itself: an editable install leaves none, and with PYTHONDONTWRITEBYTECODE set (as on
+# this machine) every daemon would compile meshd from source at each start (15-20 % of a formation's CPU).
+"$VENV/bin/python" -m compileall -q "$ROOT/meshd" >/dev/null
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"

@@ -1,6 +1,7 @@
 """Failure mode: where a sidecar runs. A fence under an orchestrator that backs off restarts (``--on-fence
-restart``: the process re-executes in place, same PID, no exit), peers known by name whose addresses appear late or
-change (resolved again at every dial), and a mesh port bound apart from the address peers dial (``cluster.listen``).
+restart``: the process starts a new daemon in place, same PID, no exit), peers known by name whose addresses appear
+late or change (resolved again at every dial), and a mesh port bound apart from the address peers dial
+(``cluster.listen``).
 
 Real processes through ``tests.harness.procs``; the name resolution runs daemons in this process on real loopback
 TCP with trio's custom hostname resolver, so that a name can resolve late, or to another address, on cue.
@@ -24,43 +25,34 @@ from meshd.core.status import EndCause, MeshState
 from meshd.core.wire import Epoch
 from meshd.daemon import Daemon, Settings
 from meshd.net import TcpNetwork
-from meshd.restart import restart_argv
+from meshd.restart import next_settings
 from tests.harness.procs import DEADLINE, HOST, Harness, free_ports, is_ready
 
-# ----- the restart command line (pure)
+# ----- what a fenced daemon runs next, in place (pure)
+
+
+def _settings(mode: EpochMode, epoch: Epoch | None) -> Settings:
+    config = structure({"cluster": {"name": "c", "peers": ["127.0.0.1:1", "127.0.0.1:2"]}})
+    return Settings(config, 0, epoch, None, mode=mode)
 
 
 @pytest.mark.parametrize(
-    ("argv", "mode", "fenced_by", "expected"),
+    ("mode", "epoch", "fenced_by", "expected"),
     [
-        pytest.param(
-            ["run", "--config", "c.toml", "--index", "1", "--epoch", "3"],
-            EpochMode.FIXED,
-            Epoch(5),
-            ["run", "--config", "c.toml", "--index", "1", "--epoch", "5"],
-            id="fixed: the newer epoch",
-        ),
-        pytest.param(
-            ["run", "--epoch=3", "--index", "1", "--exec", "--", "worker", "--epoch", "7"],
-            EpochMode.FIXED,
-            Epoch(4),
-            ["run", "--index", "1", "--epoch", "4", "--exec", "--", "worker", "--epoch", "7"],
-            id="fixed: before --exec, the worker's words untouched",
-        ),
-        pytest.param(
-            ["run", "--config", "c.toml"],
-            EpochMode.FIXED,
-            Epoch(2),
-            ["run", "--config", "c.toml", "--epoch", "2"],
-            id="fixed: the epoch was the config's",
-        ),
-        pytest.param(["run", "--epoch", "auto"], EpochMode.AUTO, Epoch(9, 3), ["run", "--epoch", "auto"], id="auto"),
-        pytest.param(["run", "--epoch", "await"], EpochMode.AWAIT, Epoch(9), ["run", "--epoch", "await"], id="await"),
-        pytest.param(["run", "--epoch", "3"], EpochMode.FIXED, None, None, id="fixed without a newer epoch: exit"),
+        pytest.param(EpochMode.FIXED, Epoch(3), Epoch(5), Epoch(5), id="fixed: the newer epoch"),
+        pytest.param(EpochMode.AUTO, None, Epoch(9, 3), None, id="auto: mints anew"),
+        pytest.param(EpochMode.AWAIT, None, Epoch(9), None, id="await: awaits the controller again"),
     ],
 )
-def test_the_restart_command_line(argv, mode, fenced_by, expected):
-    assert restart_argv(argv, mode, fenced_by) == expected
+def test_a_fenced_daemon_restarts_in_place_with(mode, epoch, fenced_by, expected):
+    again = next_settings(_settings(mode, epoch), fenced_by)
+    assert again is not None and again.epoch == expected and again.mode is mode and again.restarts == 1
+    assert next_settings(again, fenced_by if mode is not EpochMode.FIXED else Epoch(7)).restarts == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fenced_by", [None, Epoch(4, 1)], ids=["no newer epoch", "not a controller's epoch"])
+def test_a_fixed_epoch_fence_without_a_controllers_epoch_exits(fenced_by):
+    assert next_settings(_settings(EpochMode.FIXED, Epoch(3)), fenced_by) is None
 
 
 # ----- fences without a process exit
@@ -101,7 +93,7 @@ async def test_fenced_daemons_restart_in_place_and_the_mesh_comes_back(harness: 
 
 
 async def test_a_restart_in_place_stops_its_worker_and_starts_the_next_generations(harness: Harness):
-    """With a worker: the fenced daemon stops and reaps its worker before it re-executes (the old worker is gone,
+    """With a worker: the fenced daemon stops and reaps its worker before it restarts (the old worker is gone,
     not a zombie), and the restarted daemon starts a new one in the new epoch."""
     cluster = harness.cluster(2)
     args = ["--on-fence", "restart", "--exec", "--", "sleep", "60"]

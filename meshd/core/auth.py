@@ -98,11 +98,10 @@ class Keyring:
 
 def _tag(key: bytes, label: bytes, role: bytes, *parts: bytes) -> bytes:
     """HMAC-SHA256 over the label, the sender's role and each part with its length (no two transcripts collide)."""
-    mac = hmac.new(key, label + b"\0" + role, hashlib.sha256)
+    message = [label, b"\0", role]
     for part in parts:
-        mac.update(len(part).to_bytes(4, "big"))
-        mac.update(part)
-    return mac.digest()
+        message += (len(part).to_bytes(4, "big"), part)
+    return hmac.digest(key, b"".join(message), "sha256")  # one-shot: OpenSSL's, without the HMAC object
 
 
 class Authenticator:

@@ -42,7 +42,8 @@ DETECTION_SLACK = 10.0  # SIGSTOP -> every peer reported the link down: heartbea
 # How often the controller checks a condition on the cluster (the figures come from event times, not from this).
 CHECK_INTERVAL = 0.005
 # Targets, printed beside the measurements.
-TARGET_RECOVERY_P99 = 1.0  # seconds, replacement spawned -> all ready, kill -9 of one of TARGET_RECOVERY_SIZE
+TARGET_RECOVERY_P50 = 0.6  # seconds, replacement spawned -> all ready, kill -9 of one of TARGET_RECOVERY_SIZE
+TARGET_RECOVERY_P99 = 0.8  # the same, p99 (both epoch modes); table 4 prints the p99's verdict, the summary both
 TARGET_RECOVERY_SIZE = 8
 TARGET_EXITS = 1  # exits of one surviving process per fault
 LOG_DAEMONS = 4  # daemons whose log tails are shown when a fault is not recovered from

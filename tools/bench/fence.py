@@ -1,14 +1,14 @@
-"""Recovery with ``--on-fence exit`` and ``--on-fence restart``: kill -9 of one of N daemons with fixed epochs.
+"""Recovery with ``--on-fence exit`` and ``--on-fence restart``: kill -9 of one of N daemons, both epoch modes.
 
-Each trial: N daemons ready at epoch E; slot N-1 is killed and its replacement started at once at E + 1 (the
-controller's rule R6 after a death). Its survivors are fenced:
-- ``exit``: each exits 75 and this bench restarts it at once with the current epoch (an orchestrator with no
-  back-off: the best case; the kubelet would wait 10 s before the first restart and double it after);
-- ``restart``: each re-executes itself in place (same PID) with the epoch that fenced it; nothing restarts it.
-Recovery is from the replacement's spawn to every slot ready at E + 1 (the latest ``state_since``, daemon wall
-clock on this host). Also counted: process exits of the survivors, and their PIDs kept.
+Each trial: N daemons ready in one epoch; slot N-1 is killed and its replacement started at once (fixed epochs: at
+E + 1, the controller's rule R6 after a death; auto: as it was). Its survivors are fenced:
+- ``exit``: each exits 75 and this bench restarts it at once (fixed: with the current epoch; auto: as it was): an
+  orchestrator with no back-off, the best case (the kubelet would wait 10 s before the first restart and double it);
+- ``restart``: each restarts itself in place (same PID) with the epoch that fenced it; nothing restarts it.
+Recovery is from the replacement's spawn to every slot ready in one new epoch (the latest ``state_since``, daemon
+wall clock on this host). Also counted: process exits of the survivors, and their PIDs kept.
 
-``python -m tools.bench.fence [--size N] [--trials T]``
+``python -m tools.bench.fence [--size N] [--trials T] [--epochs fixed,auto] [--modes exit,restart]``
 """
 
 from __future__ import annotations
@@ -41,15 +41,17 @@ MODES = ("exit", "restart")
 
 
 class FencedCluster:
-    """N daemons at fixed epochs with one ``--on-fence`` mode; exited daemons restarted at once (exit mode)."""
+    """N daemons with one ``--on-fence`` mode and one epoch mode; exited daemons restarted at once (exit mode)."""
 
-    def __init__(self, size: int, mode: str, workdir: Path) -> None:
+    def __init__(self, size: int, mode: str, auto: bool, workdir: Path) -> None:
         ports = PortAllocator()
         self.mode = mode
+        self.auto = auto
         self.workdir = workdir
         self.mesh = [Address(HOST, port) for port in ports.take(size)]
         self.admins = [Address(HOST, port) for port in ports.take(size)]
-        self.config = write_config(workdir / f"{mode}.toml", f"fence-{mode}", self.mesh, FAST_TIMEOUTS)
+        self.tag = f"{'auto' if auto else 'fixed'}-{mode}"
+        self.config = write_config(workdir / f"{self.tag}.toml", f"fence-{self.tag}", self.mesh, FAST_TIMEOUTS)
         self.epoch = 1
         self.processes: list[subprocess.Popen[bytes]] = []
         self.exits = 0  # exits of survivors (75) since the last fault
@@ -57,8 +59,9 @@ class FencedCluster:
 
     def launch(self, slot: int) -> subprocess.Popen[bytes]:
         self._starts += 1
-        argv = run_argv(self.config, slot, self.epoch, self.admins[slot], ["--on-fence", self.mode])
-        return start(argv, self.workdir / f"{self.mode}-{self._starts:03d}-d{slot}.log")
+        epoch = "auto" if self.auto else self.epoch
+        argv = run_argv(self.config, slot, epoch, self.admins[slot], ["--on-fence", self.mode])
+        return start(argv, self.workdir / f"{self.tag}-{self._starts:03d}-d{slot}.log")
 
     def start_all(self) -> None:
         self.processes = [self.launch(slot) for slot in range(len(self.mesh))]
@@ -86,14 +89,18 @@ class FencedCluster:
                 nursery.start_soon(one, slot)
         return found
 
-    async def ready_at(self, epoch: int) -> float:
-        """Wait until every slot is ready at ``epoch``; when the last became ready (daemon wall clock)."""
+    async def ready(self, since: Epoch | None) -> tuple[float, Epoch]:
+        """Wait until every slot is ready in one epoch other than ``since`` (fixed: the current one); when the last
+        became ready (daemon wall clock), and the epoch."""
         with trio.fail_after(READY_TIMEOUT):
             while True:
                 self.restart_exited()
                 found = await self.statuses()
-                if all(s is not None and s.state is MeshState.READY and s.epoch == Epoch(epoch) for s in found):
-                    return max(s.state_since for s in found if s is not None)
+                epochs = {None if s is None or s.state is not MeshState.READY else s.epoch for s in found}
+                (epoch,) = epochs if len(epochs) == 1 else (None,)
+                wanted = epoch is not None and epoch != since and (self.auto or epoch == Epoch(self.epoch))
+                if wanted and epoch is not None:
+                    return max(s.state_since for s in found if s is not None), epoch
                 await trio.sleep(POLL)
 
     def kill(self, slot: int) -> None:
@@ -107,8 +114,8 @@ class FencedCluster:
                 process.wait()
 
 
-async def trial(cluster: FencedCluster) -> dict[str, Any]:
-    """One kill -9 of the last slot and its replacement at a new epoch; recovery, exits and PIDs kept."""
+async def trial(cluster: FencedCluster, before: Epoch) -> dict[str, Any]:
+    """One kill -9 of the last slot and its replacement (fixed: at a new epoch); recovery, exits and PIDs kept."""
     victim = len(cluster.processes) - 1
     pids = [process.pid for process in cluster.processes[:victim]]
     cluster.kill(victim)
@@ -116,39 +123,47 @@ async def trial(cluster: FencedCluster) -> dict[str, Any]:
     cluster.exits = 0
     spawned = time.time()
     cluster.processes[victim] = cluster.launch(victim)
-    ready = await cluster.ready_at(cluster.epoch)
+    ready, epoch = await cluster.ready(before)
     kept = sum(process.pid == pid for process, pid in zip(cluster.processes, pids, strict=False))
-    return {"recovery": ready - spawned, "exits": cluster.exits, "pids_kept": kept, "survivors": victim}
+    return {"recovery": ready - spawned, "exits": cluster.exits, "pids_kept": kept, "survivors": victim, "epoch": epoch}
 
 
-async def measure(size: int, trials: int, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+async def measure(
+    size: int, trials: int, epochs: list[str], modes: list[str], workdir: Path
+) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {}
-    for mode in MODES:
-        cluster = FencedCluster(size, mode, workdir)
-        try:
-            cluster.start_all()
-            await cluster.ready_at(cluster.epoch)
-            results[mode] = [await trial(cluster) for _ in range(trials)]
-        finally:
-            cluster.close()
+    for epoch_mode in epochs:
+        for mode in modes:
+            cluster = FencedCluster(size, mode, epoch_mode == "auto", workdir)
+            try:
+                cluster.start_all()
+                _, epoch = await cluster.ready(None)
+                runs = results[cluster.tag] = []
+                for _ in range(trials):
+                    runs.append(await trial(cluster, epoch))
+                    epoch = runs[-1]["epoch"]
+            finally:
+                cluster.close()
     return results
 
 
 def report(size: int, results: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
-    for mode, runs in results.items():
+    for tag, runs in results.items():
         recoveries = [run["recovery"] for run in runs]
+        epochs, mode = tag.split("-")
         rows.append([
+            epochs,
             f"--on-fence {mode}",
             str(len(runs)),
             ms(statistics.median(recoveries)),
-            ms(percentile(recoveries, 0.9)),
+            ms(percentile(recoveries, 0.99)),
             ms(max(recoveries)),
             f"{statistics.mean(run['exits'] for run in runs):.2f}",
             f"{sum(run['pids_kept'] for run in runs)}/{sum(run['survivors'] for run in runs)}",
         ])  # fmt: skip
-    header = ["mode", "faults", "median", "p90", "max", "survivor exits per fault", "survivor PIDs kept"]
-    title = f"kill -9 of one of {size} daemons (fixed epochs), replacement at a new epoch at once"
+    header = ["epochs", "mode", "faults", "median", "p99", "max", "survivor exits per fault", "survivor PIDs kept"]
+    title = f"kill -9 of one of {size} daemons, replacement at once (fixed epochs: at a new epoch)"
     return title + "\n" + table(header, rows)
 
 
@@ -156,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.fence", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4, help="daemons (default 4)")
     parser.add_argument("--trials", type=int, default=10, help="faults per mode (default 10)")
+    parser.add_argument("--epochs", default="fixed,auto", help="epoch modes, comma-separated (default fixed,auto)")
+    parser.add_argument("--modes", default=",".join(MODES), help="--on-fence modes (default exit,restart)")
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="meshd-bench-fence-"))
     try:
-        results = trio.run(measure, args.size, args.trials, workdir)
+        results = trio.run(measure, args.size, args.trials, args.epochs.split(","), args.modes.split(","), workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,550 @@
+"""The floor: what this machine can do, measured in the same run as the figures it bounds, so that every figure
+reads as a ratio to it (a shared 2-core machine moves by 2x from hour to hour; a ratio measured in one run does not).
+
+Each floor is the least any program must do to reach the point a figure measures:
+
+- the interpreter alone (``python -c pass``, with site, as meshd runs), ``import trio``, ``import trio,
+  trio_websocket`` and meshd's lightest command (``python -m meshd --version``), each from spawn to exit;
+- spawn -> a listening socket: a tiny script that binds and listens on a loopback port (bare; and after ``import
+  trio``, in ``trio.run``: its RSS is the floor of an idle daemon's), the parent polling a connect exactly as the
+  start part does: the floor of "spawn -> mesh port listening" (``meshd run`` listens before it loads trio);
+- N*(N-1)/2 loopback connections between N listening sockets in one process, one small round trip on each, with
+  plain non-blocking sockets and a selector (the kernel's floor) and with trio (``trio.open_tcp_stream``, as meshd
+  dials): the floor of formation (one connect and the handshake's round trips per link), wall and CPU;
+- N cold starts at once, sharing the cores (``python -c "import trio"``, ``python -m meshd --version``), spawn of
+  the first -> exit of the last: the floor of a recovery (a fence restarts the N-1 survivors while the replacement
+  starts) and of a mesh's spawn -> all ready.
+
+``report_summary`` puts the figures of the other parts beside their floors and the issue's targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import selectors
+import socket
+import statistics
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from meshd.cluster.spawn import log_tail, meshd_argv
+from meshd.core.address import Address
+from tools.bench import faults
+from tools.bench.common import (
+    HOST,
+    LOG_TAIL,
+    POLL_INTERVAL,
+    BenchError,
+    Lab,
+    accepts,
+    load,
+    median,
+    ms,
+    percentile,
+    progress,
+    rss_mib,
+    table,
+    verdict,
+)
+from tools.bench.mesh import Formation
+
+# Bounds on every wait.
+EXIT_TIMEOUT = 30.0  # one process, or a crowd of them: spawn -> every one exited
+LISTEN_TIMEOUT = 30.0  # spawn -> the port accepts
+LINKS_TIMEOUT = 30.0  # no progress of the loopback links for this long
+# After the trio listener accepts, its RSS is read this much later (trio.run has begun).
+RSS_SETTLE = 0.05
+# Sizes whose loopback links are always measured (the issue's formation targets are at 32 and 64).
+LINK_SIZES = (8, 32, 64)
+HELLO = b"h" * 32  # one round trip per link: HELLO out, REPLY back
+REPLY = b"r" * 32
+# Targets of the issue, for the summary (formation's own table prints tools.bench.mesh.TARGET_FORMATION).
+TARGET_FORMATION = {64: 0.800, 32: 0.200}  # seconds, last listening -> all ready, by N
+TARGET_CPU_PER_LINK = 0.001  # seconds, at N=64
+TARGET_CPU_PER_LINK_SIZE = 64
+
+# A listening socket and nothing else; argv: host, port. The trio variant imports trio first and sleeps in trio.run.
+LISTEN = (
+    "import socket, sys, time\n"
+    "s = socket.socket()\n"
+    "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "s.listen(128)\n"
+    "time.sleep(600)\n"
+)
+LISTEN_TRIO = (
+    "import socket, sys, trio\n"
+    "s = socket.socket()\n"
+    "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "s.listen(128)\n"
+    "trio.run(trio.sleep, 600)\n"
+)
+PYTHON = [sys.executable, "-c", "pass"]
+IMPORT_TRIO = [sys.executable, "-c", "import trio"]
+IMPORT_WS = [sys.executable, "-c", "import trio, trio_websocket"]
+MESHD_VERSION = meshd_argv(["--version"])
+
+
+@dataclass
+class Floor:
+    figure: str
+    of: str  # the figure it is the floor of
+    values: list[float] = field(default_factory=list)  # seconds of wall time, one per run
+    cpu: list[float] = field(default_factory=list)  # seconds of CPU, one per run (per process for a spawn)
+    links: int = 0  # links per run (loopback links), for the per-link column
+    rss: float | None = None  # MiB, median over runs (listeners)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+@dataclass
+class Floors:
+    runs: int
+    found: dict[str, Floor] = field(default_factory=dict)
+    load: str = ""
+
+    def get(self, key: str) -> Floor | None:
+        floor = self.found.get(key)
+        return floor if floor is not None and floor.values else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes: spawn -> exit, spawn -> listening
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _to_exit(lab: Lab, command: Sequence[str], count: int) -> tuple[float, float]:
+    """Spawn ``count`` copies of ``command`` at once (one after the other, as fast as the lab's fleet forks) and wait
+    for all; (spawn of the first -> exit of the last, CPU per process). Blocking waits, so the exit time is exact;
+    a timer kills the crowd when it outlives EXIT_TIMEOUT."""
+    log = lab.workdir / "floors" / "floors.log"
+    cpu_before = _children_cpu()
+    started = time.perf_counter()
+    processes = [lab.fleet.start(command, log) for _ in range(count)]
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        lab.fleet.kill(processes)
+
+    watchdog = threading.Timer(EXIT_TIMEOUT, expire)
+    watchdog.start()
+    try:
+        codes = [process.wait() for process in processes]
+        ended = time.perf_counter()
+    finally:
+        watchdog.cancel()
+        lab.fleet.kill(processes)
+    if any(codes):
+        why = f"killed after {EXIT_TIMEOUT:g} s" if expired.is_set() else f"exit codes {sorted(set(codes))}"
+        raise BenchError(f"{' '.join(command)}: {why}", log_tail(log, LOG_TAIL))
+    return ended - started, (_children_cpu() - cpu_before) / count
+
+
+async def _listening_once(lab: Lab, script: str, rss: bool) -> tuple[float, float | None]:
+    """Spawn a listener script and poll its port as the start part polls meshd's mesh port: spawn -> accepting."""
+    (port,) = lab.ports.take(1)
+    address = Address(HOST, port)
+    log = lab.workdir / "floors" / "listen.log"
+    command = [sys.executable, "-c", script, HOST, str(port)]
+    spawned = time.perf_counter()
+    process = await trio.to_thread.run_sync(lab.fleet.start, command, log)
+    try:
+        deadline = spawned + LISTEN_TIMEOUT
+        while not await accepts(address):
+            if process.poll() is not None:
+                raise BenchError(f"the listener exited with {process.poll()}", log_tail(log, LOG_TAIL))
+            if time.perf_counter() > deadline:
+                raise BenchError(f"the listener did not accept within {LISTEN_TIMEOUT:g} s", log_tail(log, LOG_TAIL))
+            await trio.sleep(POLL_INTERVAL)
+        listening = time.perf_counter() - spawned
+        size = None
+        if rss:
+            await trio.sleep(RSS_SETTLE)
+            size = rss_mib(process.pid)
+        return listening, size
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lab.fleet.kill, [process])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loopback links in one process
+
+LINGER_NOW = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left behind by thousands of links
+
+
+def _raise_fd_limit(size: int) -> bool:
+    """Room for every socket of a ``size`` mesh in one process; False when the hard limit is too low."""
+    needed = size * (size - 1) + size + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return True
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return True
+
+
+def raw_links(size: int) -> tuple[float, float]:
+    """N listening sockets, one connection per pair (the lower index dials), HELLO out and REPLY back on each, all
+    in flight at once under one selector; (wall, CPU) from the first connect to the last reply."""
+    listeners: list[socket.socket] = []
+    sockets: list[socket.socket] = []
+    selector = selectors.DefaultSelector()
+    try:
+        for _ in range(size):
+            listener = socket.socket()
+            listeners.append(listener)
+            listener.bind((HOST, 0))
+            listener.listen(size)
+            listener.setblocking(False)
+        addresses = [listener.getsockname() for listener in listeners]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for listener in listeners:
+            selector.register(listener, selectors.EVENT_READ, "accept")
+        for low in range(size):
+            for high in range(low + 1, size):
+                client = socket.socket()
+                sockets.append(client)
+                client.setblocking(False)
+                code = client.connect_ex(addresses[high])
+                if code not in (0, errno.EINPROGRESS):
+                    raise BenchError(f"loopback connect failed: {errno.errorcode.get(code, code)}")
+                selector.register(client, selectors.EVENT_WRITE, "dial")
+        links, done = size * (size - 1) // 2, 0
+        received: dict[socket.socket, bytes] = {}
+        while done < links:
+            events = selector.select(timeout=LINKS_TIMEOUT)
+            if not events:
+                raise BenchError(f"loopback links of N={size}: no progress for {LINKS_TIMEOUT:g} s ({done}/{links})")
+            for key, _ in events:
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data == "accept":
+                    while True:
+                        try:
+                            server, _ = sock.accept()
+                        except BlockingIOError:
+                            break
+                        sockets.append(server)
+                        server.setblocking(False)
+                        selector.register(server, selectors.EVENT_READ, "serve")
+                elif key.data == "dial":
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        raise BenchError(f"loopback connect failed: {errno.errorcode.get(code, code)}")
+                    if sock.send(HELLO) != len(HELLO):
+                        raise BenchError("short send on loopback")
+                    selector.modify(sock, selectors.EVENT_READ, "await")
+                else:  # "serve" (HELLO expected) or "await" (REPLY expected)
+                    chunk = sock.recv(len(HELLO))
+                    if not chunk:
+                        raise BenchError("a loopback link closed during its round trip")
+                    got = received[sock] = received.get(sock, b"") + chunk
+                    if len(got) < len(HELLO):
+                        continue
+                    selector.unregister(sock)
+                    if key.data == "serve":
+                        if sock.send(REPLY) != len(REPLY):
+                            raise BenchError("short send on loopback")
+                    else:
+                        done += 1
+        return time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        selector.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_NOW)
+            sock.close()
+        for listener in listeners:
+            listener.close()
+
+
+async def _receive_exactly(stream: trio.SocketStream, size: int) -> None:
+    got = 0
+    while got < size:
+        chunk = await stream.receive_some(size - got)
+        if not chunk:
+            raise BenchError("a loopback link closed during its round trip")
+        got += len(chunk)
+
+
+async def trio_links(size: int) -> tuple[float, float]:
+    """The same links with trio: ``trio.open_tcp_stream`` per link (as meshd dials), a task per accepted stream."""
+    listeners: list[trio.SocketListener] = []
+    streams: list[trio.SocketStream] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        streams.append(stream)
+        await _receive_exactly(stream, len(HELLO))
+        await stream.send_all(REPLY)
+
+    async def accept(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            nursery.start_soon(serve, await listener.accept())
+
+    async def dial(port: int) -> None:
+        stream = await trio.open_tcp_stream(HOST, port)
+        streams.append(stream)
+        await stream.send_all(HELLO)
+        await _receive_exactly(stream, len(REPLY))
+
+    try:
+        for _ in range(size):
+            sock = trio.socket.socket()
+            await sock.bind((HOST, 0))
+            sock.listen(size)
+            listeners.append(trio.SocketListener(sock))
+        ports = [listener.socket.getsockname()[1] for listener in listeners]
+        with trio.fail_after(LINKS_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(accept, listener, nursery)
+                wall, cpu = time.perf_counter(), time.process_time()
+                async with trio.open_nursery() as dials:
+                    for low in range(size):
+                        for high in range(low + 1, size):
+                            dials.start_soon(dial, ports[high])
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                nursery.cancel_scope.cancel()
+        return wall, cpu
+    except trio.TooSlowError as exc:
+        raise BenchError(f"trio loopback links of N={size} not done within {LINKS_TIMEOUT:g} s") from exc
+    finally:
+        for stream in streams:
+            with contextlib.suppress(OSError):
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_NOW)
+            stream.socket.close()
+        for listener in listeners:
+            listener.socket.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The part
+
+
+def bench_floors(lab: Lab, runs: int, link_sizes: Sequence[int], crowd_sizes: Sequence[int]) -> Floors:
+    """Every floor, ``runs`` times each (after one warm-up run of each command, not counted); crowds of
+    ``crowd_sizes`` processes ``max(1, runs // 3)`` times each."""
+    (lab.workdir / "floors").mkdir(exist_ok=True)
+    floors = Floors(runs, load=load())
+    found = floors.found
+
+    def spawned(key: str, figure: str, of: str, command: Sequence[str], count: int, repeats: int) -> None:
+        floor = found[key] = Floor(figure, of)
+        for _ in range(repeats):
+            wall, cpu = _to_exit(lab, command, count)
+            floor.values.append(wall)
+            floor.cpu.append(cpu)
+        progress(f"floors: {figure}: median {ms(floor.median)} ({repeats} run(s)), CPU {ms(median(floor.cpu))} each")
+
+    for command in (PYTHON, IMPORT_TRIO, IMPORT_WS, MESHD_VERSION):
+        _to_exit(lab, command, 1)  # warm-up: byte-code caches and page cache
+    spawned("python", "python -c pass: spawn -> exit", "every process start", PYTHON, 1, runs)
+    spawned("trio", "python -c 'import trio': spawn -> exit", "a trio process's start", IMPORT_TRIO, 1, runs)
+    spawned("trio_ws", "python -c 'import trio, trio_websocket': spawn -> exit", "meshd's imports", IMPORT_WS, 1, runs)
+    spawned("meshd", "python -m meshd --version: spawn -> exit", "meshd's lightest command", MESHD_VERSION, 1, runs)
+
+    for key, figure, of, script in (
+        ("listen", "python, bind + listen: spawn -> port accepting", "spawn -> mesh port accepting", LISTEN),
+        ("listen_trio", "python, import trio, listen: spawn -> accepting", "idle RSS per daemon", LISTEN_TRIO),
+    ):
+        trio.run(_listening_once, lab, script, False)  # warm-up
+        floor = found[key] = Floor(figure, of)
+        sizes = []
+        cpu_before = _children_cpu()
+        for _ in range(runs):
+            listening, rss = trio.run(_listening_once, lab, script, key == "listen_trio")
+            floor.values.append(listening)
+            if rss is not None:
+                sizes.append(rss)
+        floor.cpu = [(_children_cpu() - cpu_before) / runs]
+        floor.rss = statistics.median(sizes) if sizes else None
+        rss_text = "" if floor.rss is None else f", RSS {floor.rss:.1f} MiB"
+        progress(f"floors: {figure}: median {ms(floor.median)} ({runs} runs){rss_text}")
+
+    for size in sorted(set(link_sizes)):
+        if not _raise_fd_limit(size):
+            progress(f"floors: loopback links N={size} skipped: the open-file limit is below {size * size} sockets")
+            continue
+        links = size * (size - 1) // 2
+        for key, name, measure in (
+            (f"raw-{size}", "sockets + selector", raw_links),
+            (f"trio-{size}", "trio", lambda n: trio.run(trio_links, n)),
+        ):
+            raw = key.startswith("raw")
+            of = f"formation N={size}: last listening -> all ready, CPU per link" if raw else "(trio's own share)"
+            floor = found[key] = Floor(
+                f"N={size}: {links} loopback link{'s' * (links > 1)}, connect + 1 round trip, {name}", of
+            )
+            floor.links = links
+            measure(size)  # warm-up
+            for _ in range(runs):
+                wall, cpu = measure(size)
+                floor.values.append(wall)
+                floor.cpu.append(cpu)
+            progress(
+                f"floors: {floor.figure}: median {ms(floor.median)}, "
+                f"{floor.median / links * 1e6:.1f} µs and {median(floor.cpu) / links * 1e6:.1f} µs CPU per link"
+            )
+
+    repeats = max(1, runs // 3)
+    for size in sorted(set(crowd_sizes)):
+        for key, command, what in (
+            (f"crowd-trio-{size}", IMPORT_TRIO, "python -c 'import trio'"),
+            (f"crowd-meshd-{size}", MESHD_VERSION, "python -m meshd --version"),
+        ):
+            of = f"recovery with N={size}; spawn -> all ready of N={size}" if "trio" in key else "(meshd's restarts)"
+            spawned(key, f"{size} x {what} at once: first spawn -> last exit", of, command, size, repeats)
+    floors.load = f"{floors.load} -> {load()}"
+    return floors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def report_floors(floors: Floors) -> str:
+    rows = []
+    for floor in floors.found.values():
+        if not floor.values:
+            continue
+        per_link = "-"
+        if floor.links:
+            per_link = f"{_us(floor.median / floor.links)} ({_us(median(floor.cpu) / floor.links)} CPU)"
+        cpu = ms(median(floor.cpu)) if floor.cpu else "-"
+        rss = "-" if floor.rss is None else f"{floor.rss:.1f} MiB"
+        runs = str(len(floor.values))
+        rows.append([floor.figure, runs, ms(floor.median), ms(min(floor.values)), ms(max(floor.values)), cpu])
+        rows[-1] += [per_link, rss, floor.of]
+    header = ["floor", "runs", "median", "min", "max", "CPU", "per link (CPU)", "RSS", "the floor of"]
+    title = f"## 0. Floors: what this machine can do, measured in this run (load {floors.load})"
+    note = (
+        "Processes: spawn (through the bench's forking thread, as every daemon) -> exit, or -> the port accepting a "
+        "polled connect (the start part's method); CPU is per process (children's utime+stime; listeners: their "
+        "whole life). Links: one process, N listening sockets, one connection per pair and one 32-byte round trip "
+        "on each, all in flight at once; wall and CPU from the first connect to the last reply. Crowds: N processes "
+        "spawned back to back, first spawn -> last exit, sharing the cores. The summary at the end divides each "
+        "figure by its floor."
+    )
+    return title + "\n\n" + table(header, rows) + "\n\n" + note
+
+
+@dataclass
+class Row:
+    figure: str
+    measured: float
+    floor: Floor | None
+    floor_value: float | None  # None: no floor for this figure
+    target: float | None
+    unit: str = "s"  # "s" (printed in ms), "%", "MiB"
+
+    def cells(self) -> list[str]:
+        def show(value: float | None) -> str:
+            if value is None:
+                return "-"
+            if self.unit == "s":
+                return ms(value) if value >= 0.001 else _us(value)
+            return f"{value:.2f} %" if self.unit == "%" else f"{value:.1f} MiB"
+
+        ratio = "-" if not self.floor_value else f"x{self.measured / self.floor_value:.1f}"
+        floor = "-" if self.floor is None else f"{show(self.floor_value)} ({self.floor.figure})"
+        target = "-" if self.target is None else f"<= {show(self.target)}"
+        met = "-" if self.target is None else verdict(self.measured, self.target)
+        return [self.figure, show(self.measured), floor, ratio, target, met]
+
+
+def report_summary(
+    floors: Floors,
+    *,
+    start: float | None,
+    start_target: float,
+    formation: dict[int, list[Formation]],
+    idle: tuple[int, float, float] | None,
+    idle_targets: tuple[float, float],
+    recovery: list[faults.RecoveryRuns],
+) -> str:
+    """Every figure of the parts that ran beside its floor, the ratio and the issue's target. ``start``: the median
+    spawn -> mesh port accepting; ``idle``: (daemons, max CPU %, max RSS MiB)."""
+    rows: list[Row] = []
+
+    def add(figure: str, measured: float, key: str | None, target: float | None, unit: str = "s") -> None:
+        floor = floors.get(key) if key else None
+        value = None if floor is None else floor.rss if unit == "MiB" else floor.median
+        rows.append(Row(figure, measured, floor, value, target, unit))
+
+    if start is not None:
+        add("start: spawn -> mesh port accepting, median", start, "listen", start_target)
+    for size, runs in sorted(formation.items()):
+        if not runs:
+            continue
+        wall = median(run.formation for run in runs)
+        add(f"formation N={size}: last listening -> all ready, median", wall, f"raw-{size}", TARGET_FORMATION.get(size))
+        per_link = median(run.cpu_per_link for run in runs)
+        key = f"raw-{size}"
+        floor = floors.get(key)
+        target = TARGET_CPU_PER_LINK if size == TARGET_CPU_PER_LINK_SIZE else None
+        rows.append(
+            Row(
+                f"formation N={size}: CPU per link, median",
+                per_link,
+                floor,
+                None if floor is None or not floor.links else median(floor.cpu) / floor.links,
+                target,
+            )
+        )
+        if floors.get(f"crowd-trio-{size}"):
+            add(
+                f"formation N={size}: spawn -> all ready, median",
+                median(r.all_ready for r in runs),
+                f"crowd-trio-{size}",
+                None,
+            )
+    if idle is not None:
+        size, cpu, rss = idle
+        add(f"idle N={size}: CPU per daemon, max", cpu, None, idle_targets[0], "%")
+        add(f"idle N={size}: RSS per daemon, max", rss, "listen_trio", idle_targets[1], "MiB")
+    for runs in recovery:
+        values = [run.spawn_to_ready for run in runs.runs]
+        if not values:
+            continue
+        targeted = runs.fault == "kill one" and runs.size == faults.TARGET_RECOVERY_SIZE
+        name = f"recovery {runs.mode} {runs.fault} of {runs.size}"
+        key = f"crowd-trio-{runs.size}"
+        add(f"{name}: p50", median(values), key, faults.TARGET_RECOVERY_P50 if targeted else None)
+        add(f"{name}: p99", percentile(values, 0.99), key, faults.TARGET_RECOVERY_P99 if targeted else None)
+    if not rows:
+        return ""
+    title = "## Summary: each figure against its floor measured in this run, and its target"
+    note = (
+        "ratio = measured / floor. Floors (table 0): start -> a bare listener's spawn -> accepting (meshd listens "
+        "before it loads trio); formation -> N(N-1)/2 loopback connects + one round trip in one process (sockets + "
+        "selector), wall and CPU per link; spawn -> all ready and recovery -> N cold starts of `import trio` at once "
+        "(a fence restarts the survivors while the replacement starts); idle RSS -> a listener that imported trio, "
+        "in trio.run. Idle CPU has no floor (a sleeping process uses none)."
+    )
+    return (
+        title
+        + "\n\n"
+        + table(["figure", "measured", "floor", "ratio", "target", "met?"], [r.cells() for r in rows])
+        + "\n\n"
+        + note
+    )
