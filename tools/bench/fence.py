@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from meshd.admin import client as admin
-from meshd.cluster.spawn import FAST_TIMEOUTS, HOST, PortAllocator, run_argv, start, write_config
+from meshd.cluster.spawn import HOST, PortAllocator, run_argv, start, write_config
 from meshd.core.address import Address
 from meshd.core.status import MeshState, Status
 from meshd.core.wire import Epoch
@@ -51,7 +51,7 @@ class FencedCluster:
         self.mesh = [Address(HOST, port) for port in ports.take(size)]
         self.admins = [Address(HOST, port) for port in ports.take(size)]
         self.tag = f"{'auto' if auto else 'fixed'}-{mode}"
-        self.config = write_config(workdir / f"{self.tag}.toml", f"fence-{self.tag}", self.mesh, FAST_TIMEOUTS)
+        self.config = write_config(workdir / f"{self.tag}.toml", f"fence-{self.tag}", self.mesh)  # default timeouts
         self.epoch = 1
         self.processes: list[subprocess.Popen[bytes]] = []
         self.exits = 0  # exits of survivors (75) since the last fault
