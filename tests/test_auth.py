@@ -22,13 +22,12 @@ from meshd.core.wire import (
     Accept,
     Challenge,
     Epoch,
-    Frame,
-    FrameDecoder,
     Hello,
     Proof,
     Refuse,
     RefuseReason,
     Seal,
+    decode_all,
     encode,
 )
 
@@ -43,15 +42,6 @@ def machine(hello: Hello, keys: tuple[bytes, ...] | None, *, dialer: bool, nonce
     if keys is not None:
         auth = Authenticator(Keyring(keys), dialer=dialer, data=False, nonce=nonce or secrets.token_bytes(NONCE_SIZE))
     return Handshake(hello, auth)
-
-
-def frames_of(data: bytes) -> list[Frame]:
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    found = []
-    while (frame := decoder.next_frame()) is not None:
-        found.append(frame)
-    return found
 
 
 def run_pair(dialer: Handshake, listener: Handshake, *, tamper=None, rounds: int = 20) -> tuple[list, list, list]:
@@ -120,7 +110,7 @@ def test_without_a_secret_the_handshake_is_the_plain_one():
     )
     assert dialer_events == [PeerHello(LISTENER_HELLO), PeerAnswer(Accept())]
     assert listener_events == [PeerHello(DIALER_HELLO), PeerAnswer(Accept())]
-    assert frames_of(b"".join(sent)) == [DIALER_HELLO, Accept()]
+    assert decode_all(b"".join(sent)) == [DIALER_HELLO, Accept()]
 
 
 # ----- strangers
@@ -133,7 +123,7 @@ def test_ends_with_different_keys_never_see_each_others_hello():
     for events in (dialer_events, listener_events):
         assert len(events) == 1 and isinstance(events[0], PeerFailed)
         assert events[0].reason is RefuseReason.AUTH_FAILED and events[0].ours
-    assert not any(isinstance(frame, Hello) for frame in frames_of(b"".join(sent)))
+    assert not any(isinstance(frame, Hello) for frame in decode_all(b"".join(sent)))
 
 
 def test_a_keyless_end_and_a_keyed_end_refuse_each_other():
@@ -155,7 +145,7 @@ def test_nothing_is_disclosed_to_a_stranger():
         listener = machine(LISTENER_HELLO, (KEY_A,), dialer=False)
         listener.receive_data(stranger)
         event = listener.next_event()
-        out = frames_of(listener.data_to_send())
+        out = decode_all(listener.data_to_send())
         assert isinstance(event, PeerFailed) and event.reason is RefuseReason.AUTH_FAILED
         assert not any(isinstance(frame, Hello) for frame in out)
         [refusal] = [frame for frame in out if isinstance(frame, Refuse)]
@@ -172,7 +162,7 @@ def test_a_replayed_transcript_does_not_authenticate():
     listener.receive_data(b"".join(recorded))
     event = listener.next_event()
     assert isinstance(event, PeerFailed) and event.reason is RefuseReason.AUTH_FAILED
-    assert not any(isinstance(frame, Hello) for frame in frames_of(listener.data_to_send()))
+    assert not any(isinstance(frame, Hello) for frame in decode_all(listener.data_to_send()))
 
 
 def test_a_reflected_challenge_or_proof_is_refused():
@@ -195,7 +185,7 @@ def test_a_proof_cannot_be_reflected_back_to_its_maker():
     listener = machine(LISTENER_HELLO, (KEY_A,), dialer=False)
     listener.receive_data(encode(Challenge(secrets.token_bytes(NONCE_SIZE), dialer=True)))
     assert listener.next_event() is None
-    [_, own_proof] = frames_of(listener.data_to_send())
+    [_, own_proof] = decode_all(listener.data_to_send())
     assert isinstance(own_proof, Proof)
     listener.receive_data(encode(own_proof))
     event = listener.next_event()
@@ -206,7 +196,7 @@ def _rewrite(frame_type: type, change) -> object:
     """A tamper function for run_pair: rewrite every frame of ``frame_type`` the dialer sends."""
 
     def tamper(data: bytes) -> bytes:
-        return b"".join(encode(change(frame) if isinstance(frame, frame_type) else frame) for frame in frames_of(data))
+        return b"".join(encode(change(frame) if isinstance(frame, frame_type) else frame) for frame in decode_all(data))
 
     return tamper
 
@@ -237,7 +227,7 @@ def test_a_seal_from_another_session_does_not_fit():
     _, _, recorded = run_pair(
         machine(DIALER_HELLO, (KEY_A,), dialer=True), machine(LISTENER_HELLO, (KEY_A,), dialer=False)
     )
-    old_seal = next(frame for frame in frames_of(b"".join(recorded)) if isinstance(frame, Seal))
+    old_seal = next(frame for frame in decode_all(b"".join(recorded)) if isinstance(frame, Seal))
     swap_seal = _rewrite(Seal, lambda _: old_seal)
     _, listener_events, _ = run_pair(
         machine(DIALER_HELLO, (KEY_A,), dialer=True), machine(LISTENER_HELLO, (KEY_A,), dialer=False), tamper=swap_seal

@@ -30,6 +30,7 @@ from meshd.core.wire import (
     Hello,
     Refuse,
     RefuseReason,
+    decode_all,
     encode,
 )
 from tests.harness.procs import DISTURBANCES, HOST, Harness, is_ready, watching
@@ -194,16 +195,6 @@ async def _probe_mesh_port(host: str, port: int, payload: bytes, bound: float) -
     return bytes(received), ending, trio.current_time() - started
 
 
-def _frames(data: bytes) -> list[object]:
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    decoder.receive_eof()
-    frames = []
-    while (frame := decoder.next_frame()) is not None:
-        frames.append(frame)
-    return frames
-
-
 INTRUDERS = {
     # A well-formed length prefix around a frame type meshd does not know.
     "garbage": b"\x00\x00\x00\x08\x09garbage!",
@@ -241,7 +232,7 @@ async def test_garbage_oversize_and_silent_clients_disturb_nothing(harness: Harn
     for (index, kind), (data, ending, took) in sorted(results.items()):
         where = f"{kind} client on daemon {index}'s mesh port"
         harness.check(ending == "eof", f"{where}: connection {ending} after {took:.2f}s, expected EOF within {bound}s")
-        frames = _frames(data)
+        frames = decode_all(data)
         harness.check(
             frames and isinstance(frames[0], Challenge) and not frames[0].dialer,
             f"{where}: the daemon did not open with its challenge: {frames}",

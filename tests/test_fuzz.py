@@ -40,13 +40,13 @@ from meshd.core.wire import (
     Challenge,
     Epoch,
     Frame,
-    FrameDecoder,
     FrameType,
     Hello,
     Proof,
     Refuse,
     RefuseReason,
     Seal,
+    decode_all,
     decode_frame,
     encode,
 )
@@ -77,17 +77,6 @@ from tools.fuzz.targets import (
 chunkings = st.lists(st.integers(1, 64), max_size=12).map(tuple)
 # A deterministic random that hypothesis draws from and shrinks: it drives the campaign's own mutators.
 mutators = st.randoms(use_true_random=False)
-
-
-def decoded(data):
-    """Every frame in ``data`` (bytes our own end produced: they must decode)."""
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    decoder.receive_eof()
-    frames = []
-    while (frame := decoder.next_frame()) is not None:
-        frames.append(frame)
-    return frames
 
 
 def drain(machine):
@@ -148,7 +137,7 @@ def test_decode_frame_returns_a_frame_that_re_encodes_or_raises_a_remote_protoco
     except RemoteProtocolError:
         return
     assert isinstance(frame, Frame)
-    assert decoded(encode(frame)) == [frame]
+    assert decode_all(encode(frame)) == [frame]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,7 +207,7 @@ def test_a_stranger_learns_nothing_and_is_never_heard(data, dialer, kind, chunks
         sent += machine.data_to_send()
     assert len(events) == 1 and isinstance(events[0], PeerFailed)
     assert OUR_HELLO_BYTES not in sent
-    for frame in decoded(sent):
+    for frame in decode_all(sent):
         assert isinstance(frame, Challenge | Proof | Refuse)
         assert getattr(frame, "epoch", UNDISCLOSED) == UNDISCLOSED
 
@@ -274,7 +263,7 @@ def test_two_ends_with_different_keys_fail_and_never_hear_a_hello(data, a_dials_
             assert own[0].reason is RefuseReason.AUTH_FAILED
         for ring, output in zip(rings, sent, strict=True):
             if ring is not None:  # (an end without a secret sends its hello at once, to anyone)
-                assert not any(isinstance(frame, Hello) for frame in decoded(output))
+                assert not any(isinstance(frame, Hello) for frame in decode_all(output))
 
 
 @settings(max_examples=200, deadline=None)
@@ -321,7 +310,7 @@ def test_a_recorded_handshake_replays_nowhere(first, second):
     victim.receive_eof()
     event = victim.next_event()
     assert isinstance(event, PeerFailed) and event.reason is RefuseReason.AUTH_FAILED
-    assert not any(isinstance(frame, Hello) for frame in decoded(victim.data_to_send()))
+    assert not any(isinstance(frame, Hello) for frame in decode_all(victim.data_to_send()))
 
 
 @settings(max_examples=50, deadline=None)
@@ -332,11 +321,11 @@ def test_an_end_does_not_take_its_own_proof_reflected(dialer, nonce):
     machine.data_to_send()
     machine.receive_data(encode(Challenge(nonce, dialer=not dialer)))
     events = drain(machine)
-    proofs = [frame for frame in decoded(machine.data_to_send()) if isinstance(frame, Proof)]
+    proofs = [frame for frame in decode_all(machine.data_to_send()) if isinstance(frame, Proof)]
     machine.receive_data(b"".join(map(encode, proofs)))
     events += drain(machine)
     assert [(type(event), event.reason) for event in events] == [(PeerFailed, RefuseReason.AUTH_FAILED)]
-    assert not any(isinstance(frame, Hello) for frame in decoded(machine.data_to_send()))
+    assert not any(isinstance(frame, Hello) for frame in decode_all(machine.data_to_send()))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ from meshd.core.wire import (
     PROTOCOL_VERSION,
     Accept,
     Epoch,
-    FrameDecoder,
     Goodbye,
     Heartbeat,
     Hello,
     Refuse,
     RefuseReason,
+    decode_all,
     encode,
 )
 from meshd.errors import LocalProtocolError
@@ -41,15 +41,6 @@ def identity(index, *, size=3, epoch=1, cluster="demo", incarnation=None, auto=F
 
 def hello(sender=1, target=0, *, epoch=1, cluster="demo", incarnation=77, auto=False):
     return Hello(cluster, sender, target, Epoch(epoch), incarnation, auto)
-
-
-def decode_all(data):
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    frames = []
-    while (frame := decoder.next_frame()) is not None:
-        frames.append(frame)
-    return frames
 
 
 ME = identity(0)

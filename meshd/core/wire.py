@@ -475,3 +475,14 @@ class FrameDecoder:
         if self._eof and self._buffer:
             raise RemoteProtocolError(f"stream ended inside a frame ({len(self._buffer)} bytes left)")
         return None
+
+
+def decode_all(data: bytes) -> list[Frame]:
+    """Every frame of ``data``, a whole stream (RemoteProtocolError when it ends inside one, or holds garbage)."""
+    decoder = FrameDecoder()
+    decoder.receive_data(data)
+    decoder.receive_eof()
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames

@@ -15,7 +15,7 @@ import trio
 from meshd.core.address import Address
 from meshd.core.auth import Authenticator, Keyring
 from meshd.core.hello import Handshake, HandshakeEvent, PeerHello
-from meshd.core.wire import NONCE_SIZE, Accept, Answer, DataHello, Frame, FrameDecoder, Hello
+from meshd.core.wire import NONCE_SIZE, Accept, Answer, DataHello, Frame, Hello, decode_all
 from meshd.data import dial_data
 
 # Bound of one exchange with a daemon (a busy 2-core machine).
@@ -45,15 +45,6 @@ class Exchanged:
     def frames(self) -> list[Frame]:
         """Every frame the daemon sent, decoded."""
         return decode_all(self.received)
-
-
-def decode_all(data: bytes) -> list[Frame]:
-    decoder = FrameDecoder()
-    decoder.receive_data(data)
-    frames = []
-    while (frame := decoder.next_frame()) is not None:
-        frames.append(frame)
-    return frames
 
 
 async def exchange(
