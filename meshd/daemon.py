@@ -36,7 +36,6 @@ from meshd.config import Config
 from meshd.connection import ExchangeResult, LinkFailure, exchange_hellos
 from meshd.core import generation
 from meshd.core.address import Address
-from meshd.core.auth import Authenticator
 from meshd.core.generation import EpochMode
 from meshd.core.hello import Identity, Outcome
 from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
@@ -56,11 +55,11 @@ from meshd.core.status import (
     WorkerExited,
     WorkerStarted,
 )
-from meshd.core.wire import NONCE_SIZE, Epoch, Goodbye, View
+from meshd.core.wire import Epoch, Goodbye, View
 from meshd.data import DataPlane, FirstFrame, receive_first_frame
 from meshd.errors import BindError, ExitCode
+from meshd.gate import Gate
 from meshd.link import PeerLink, Session, why_no_link
-from meshd.logs import Throttle
 from meshd.net import Network, TcpNetwork, bind_with_retry
 from meshd.notify import Notifier, status_line
 from meshd.secret import SecretFile
@@ -84,9 +83,6 @@ ACCEPT_ERROR_PAUSE = 0.1
 FENCE_LINGER = 0.05
 # How long a fenced process waits at most for its watchers to take the fenced event.
 DRAIN_LIMIT = 1.0
-# At most one log line per this many seconds about inbound connections refused, and as many about connections that
-# failed to authenticate: a flood of strangers stays quiet.
-AUTH_LOG_INTERVAL = 1.0
 
 
 @frozen
@@ -140,6 +136,7 @@ class Daemon:
         self.notifier = Notifier.from_environ(os.environ)  # systemd's Type=notify, when it asked (NOTIFY_SOCKET)
         if self.notifier is not None:
             self.bus.observe(self._tell_systemd)
+        self.gate = Gate(settings.secret, config.limits.pending_handshakes, config.cluster.peers, self._logger)
         self.links = {
             peer: PeerLink(peer, address, self.net, config.timeouts, self, rng)
             for peer, address in enumerate(config.cluster.peers)
@@ -159,10 +156,6 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
         self._worker_reported = trio.Event()  # its worker_exited event is published
-        self._pending_handshakes = 0  # inbound connections not through their handshake yet
-        self._counters = {"auth_failures": 0, "handshakes_shed": 0, "admin_rejected": 0}  # status fields
-        self._auth_log = Throttle(AUTH_LOG_INTERVAL)
-        self._inbound_log = Throttle(AUTH_LOG_INTERVAL)
         worker = config.worker
         self.data = (
             DataPlane(
@@ -173,7 +166,7 @@ class Daemon:
                 config.timeouts,
                 rng,
                 self._notify,
-                self,
+                self.gate,
             )
             if worker.configured
             else None
@@ -196,30 +189,10 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The object ``meshd status --json`` prints and the admin ``status`` op answers."""
-        status = evolve(self.model.status(), **self._counters)
+        status = evolve(self.model.status(), **self.gate.counters)
         if self.worker is not None:
             status = evolve(status, worker=self.worker.status)
         return status.to_json()
-
-    # ----- strangers -----
-
-    def authenticator(self, *, dialer: bool, data: bool) -> Authenticator | None:
-        """A fresh authenticator for one connection, under the secret file's keys as they are now."""
-        secret = self.settings.secret
-        if secret is None:
-            return None
-        return Authenticator(secret.keyring(), dialer=dialer, data=data, nonce=secrets.token_bytes(NONCE_SIZE))
-
-    def auth_failed(self, remote: str, detail: str) -> None:
-        """A connection whose peer proved no key of ours: counted, and logged with its address (throttled)."""
-        self._counters["auth_failures"] += 1
-        held = self._auth_log.allow(trio.current_time())
-        if held is not None:
-            also = f" ({held} more since the last such line)" if held else ""
-            self._logger().warning("connection with {} refused (auth_failed): {}{}", remote, detail, also)
-
-    def admin_rejected(self) -> None:
-        self._counters["admin_rejected"] += 1
 
     def _logger(self) -> Logger:
         return logger.bind(index=self.me.index, epoch=str(self.me.epoch))
@@ -379,7 +352,7 @@ class Daemon:
 
     def attempt_failed(self, peer: int, end: LinkEnd) -> None:
         if end.cause is EndCause.UNAUTHENTICATED:
-            self.auth_failed(str(self.settings.config.cluster.peers[peer]), end.detail)
+            self.gate.auth_failed(str(self.settings.config.cluster.peers[peer]), end.detail)
         if self.metrics is not None:
             self.metrics.attempt_failed(end)
         if self.model.attempt_failed(peer, end):
@@ -433,7 +406,7 @@ class Daemon:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._warn_if_insecure()
+                self.gate.warn_if_insecure()
                 if self._admin_listeners:
                     await nursery.start(
                         serve_admin,
@@ -469,18 +442,6 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.close()
         return int(self.exit_code)
-
-    def _warn_if_insecure(self) -> None:
-        config = self.settings.config
-        if self.settings.secret is None and not all(address.loopback for address in config.cluster.peers):
-            self._logger().warning(
-                "no cluster secret (cluster.insecure): anyone who reaches a mesh port can fence or join this cluster"
-            )
-
-    def reload_secret(self) -> None:
-        """SIGHUP: read the secret file again now (handshakes also notice a changed file by themselves)."""
-        if self.settings.secret is not None:
-            self.settings.secret.reload()
 
     async def stop(self, reason: str, code: ExitCode = ExitCode.OK) -> None:
         """Orderly stop: accept and dial no more, tell every peer goodbye (bounded by STOP_GRACE), cancel the rest.
@@ -523,20 +484,17 @@ class Daemon:
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         """Accept connections; beyond ``limits.pending_handshakes`` in progress, close new ones unheard (a flood of
         strangers holds a bounded share of the daemon, and the links that are up never wait for it)."""
-        limit = self.settings.config.limits.pending_handshakes
         async with listener, trio.open_nursery() as nursery:
             while True:
                 try:
                     stream = await listener.accept()
                 except OSError as exc:  # out of file descriptors and the like: pause, keep serving
-                    self._inbound_refused(f"accept failed: {exc.strerror or exc}")
+                    self.gate.inbound_refused(f"accept failed: {exc.strerror or exc}")
                     await trio.sleep(ACCEPT_ERROR_PAUSE)
                     continue
-                if self._pending_handshakes >= limit:
-                    self._counters["handshakes_shed"] += 1
+                if not self.gate.admit():
                     await trio.aclose_forcefully(stream)
                     continue
-                self._pending_handshakes += 1
                 nursery.start_soon(self._handle_inbound, stream)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
@@ -554,32 +512,24 @@ class Daemon:
             if self.data is not None and first.data:
                 await self.data.accept(stream, first.frame, remote)
                 return
-            auth = self.authenticator(dialer=False, data=False)
+            auth = self.gate.authenticator(dialer=False, data=False)
             result = await exchange_hellos(stream, self.model, None, timeout, first.read, auth)
         except trio.TooSlowError:
             await stream.aclose()
-            self._inbound_refused(f"no frame within {timeout}s", remote)
+            self.gate.inbound_refused(f"no frame within {timeout}s", remote)
             return
         except LinkFailure as exc:
             await stream.aclose()
             if exc.end.cause is EndCause.UNAUTHENTICATED:
-                self.auth_failed(remote, exc.end.detail)
+                self.gate.auth_failed(remote, exc.end.detail)
             else:
-                self._inbound_refused(exc.end, remote)
+                self.gate.inbound_refused(exc.end, remote)
             return
         finally:
-            self._pending_handshakes -= 1
+            self.gate.done()
         concluded = await self.settle(result, dialer=result.exchange.peer)
         if concluded.outcome is Outcome.NOTHING:
-            self._inbound_refused(why_no_link(result), remote)
-
-    def _inbound_refused(self, end: LinkEnd | str, remote: str | None = None) -> None:
-        """An inbound connection that made no link: logged with its address, throttled (strangers come in floods)."""
-        held = self._inbound_log.allow(trio.current_time())
-        if held is not None:
-            who = "" if remote is None else f" from {remote}"
-            also = f" ({held} more since the last such line)" if held else ""
-            self._logger().warning("inbound connection{} closed: {}{}", who, end, also)
+            self.gate.inbound_refused(why_no_link(result), remote)
 
 
 def _remote(stream: trio.abc.Stream) -> str:
@@ -633,7 +583,7 @@ async def serve(settings: Settings, net: Network | None = None, early_signals: S
 
     async def reload_on_hangup(signals: AsyncIterator[int]) -> None:
         async for _ in signals:
-            daemon.reload_secret()
+            daemon.gate.reload()
 
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,

@@ -18,7 +18,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 from attrs import frozen
@@ -49,6 +49,7 @@ from meshd.core.wire import (
     encode,
 )
 from meshd.errors import RemoteProtocolError
+from meshd.gate import Gate
 from meshd.net import Network
 
 # The largest frame a data connection's handshake carries (a refusal with its longest detail is about 1 KiB).
@@ -116,14 +117,6 @@ async def receive_first_frame(stream: trio.abc.Stream) -> FirstFrame:
         return FirstFrame(read, _frame(read))
     except RemoteProtocolError:
         return FirstFrame(read, None)
-
-
-class Gate(Protocol):
-    """What a data connection's handshake needs from the daemon (it keeps the keys and counts the strangers)."""
-
-    def authenticator(self, *, dialer: bool, data: bool) -> Authenticator | None: ...
-
-    def auth_failed(self, remote: str, detail: str) -> None: ...
 
 
 async def _refuse_unauthenticated(stream: trio.abc.Stream, detail: str) -> LinkFailure:

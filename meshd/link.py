@@ -17,13 +17,13 @@ from attrs import define, field
 from meshd.config import Timeouts
 from meshd.connection import ExchangeResult, FramedConnection, LinkFailure, exchange_hellos
 from meshd.core.address import Address
-from meshd.core.auth import Authenticator
 from meshd.core.backoff import Backoff
 from meshd.core.hello import Outcome
 from meshd.core.mesh import Concluded, MeshModel
 from meshd.core.slot import LinkOrigin
 from meshd.core.status import EndCause, LinkEnd
 from meshd.core.wire import Goodbye, Heartbeat, Refuse, View, encode
+from meshd.gate import Gate
 from meshd.net import Network, describe_os_error
 
 # A heartbeat never changes: encode it once.
@@ -69,9 +69,7 @@ class Mesh(Protocol):
 
     def attempt_failed(self, peer: int, end: LinkEnd) -> None: ...
 
-    def authenticator(self, *, dialer: bool, data: bool) -> Authenticator | None:
-        """A fresh authenticator for one connection (None without a cluster secret)."""
-        ...
+    gate: Gate  # the cluster's keys: every dial authenticates with them
 
 
 def why_no_link(result: ExchangeResult) -> LinkEnd:
@@ -210,7 +208,7 @@ class PeerLink:
         if connecting.cancelled_caught:
             detail = f"connect to {self.address} timed out after {self._timeouts.connect}s"
             raise LinkFailure(EndCause.UNREACHABLE, detail)
-        auth = self._mesh.authenticator(dialer=True, data=False)
+        auth = self._mesh.gate.authenticator(dialer=True, data=False)
         return await exchange_hellos(stream, self._mesh.model, self.peer, self._timeouts.handshake, auth=auth)
 
     # ----- a session -----

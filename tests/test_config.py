@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshd import cli, config
+from meshd.admin import commands
 from meshd.config import Config
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
@@ -405,7 +406,7 @@ def test_the_status_object_reads_back_as_it_was_written():
 
 
 def test_status_table_lists_every_peer():
-    lines = cli.format_status(STATUS).splitlines()
+    lines = commands.format_status(STATUS).splitlines()
     assert len(lines) == 4
     head, columns, up, down = lines
     assert head.startswith(
@@ -423,7 +424,7 @@ def test_status_table_lists_every_peer():
 
 
 def test_status_table_columns_line_up():
-    _, columns, *rows = cli.format_status(STATUS).splitlines()
+    _, columns, *rows = commands.format_status(STATUS).splitlines()
     for title, peer_key in (("ADDRESS", "address"), ("STATE", "state")):
         position = columns.index(title)
         for row, peer in zip(rows, STATUS["peers"], strict=True):

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "meshd"
 # Third-party libraries the core may not import (I/O, scheduling, logging belong to the shell).
 CORE_FORBIDDEN_LIBRARIES = {"trio", "trio_websocket", "wsproto", "loguru", "cattrs", "socket", "subprocess"}
 # What the daemon's side of the house may not import: the harnesses that drive daemons from outside.
-ABOVE_THE_DAEMON = ("meshd.sim", "meshd.explore", "meshd.cluster", "meshd.safety", "meshd.cli")
+ABOVE_THE_DAEMON = ("meshd.sim", "meshd.explore", "meshd.cluster", "meshd.safety", "meshd.cli", "meshd.admin.commands")
 DAEMON_SIDE = (
     "meshd.daemon",
     "meshd.link",
@@ -29,6 +29,7 @@ DAEMON_SIDE = (
     "meshd.config",
     "meshd.logs",
     "meshd.secret",
+    "meshd.gate",
     "meshd.data",
     "meshd.admin.server",
     "meshd.notify",

@@ -37,6 +37,7 @@ from meshd.admin.messages import (
 from meshd.bus import EventBus
 from meshd.config import Limits
 from meshd.core.wire import Epoch
+from meshd.gate import Gate
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection, WebSocketServer
@@ -62,9 +63,7 @@ class Served(Protocol):
 
     def request_start(self, epoch: Epoch) -> dict[str, Any]: ...
 
-    def admin_rejected(self) -> None:
-        """Count a connection refused: no or a wrong token, or one client too many."""
-        ...
+    gate: Gate  # counts the connections refused: no or a wrong token, or one client too many
 
 
 class _Counted(trio.abc.Stream):
@@ -189,7 +188,7 @@ async def serve_admin(
             )
     limits = limits or Limits()
     bounded = [
-        BoundedListener(listener, limits.admin_clients, daemon.admin_rejected)
+        BoundedListener(listener, limits.admin_clients, daemon.gate.admin_rejected)
         if isinstance(listener, trio.SocketListener)
         else listener
         for listener in listeners
@@ -198,7 +197,7 @@ async def serve_admin(
     async def handle(request: WebSocketRequest) -> None:
         verdict = token_verdict(request.headers, token)
         if verdict is not None:
-            daemon.admin_rejected()
+            daemon.gate.admin_rejected()
             await request.reject(verdict, body=b"a meshd admin token is required (Authorization: Bearer ...)\n")
             # trio-websocket 0.12 would keep a rejected connection open until the client closes it (its aclose
             # returns early once the handshake is rejected), holding one of limits.admin_clients places: a client
