@@ -13,7 +13,8 @@ import trio
 from meshd.cluster.controller import RESTART_DELAY
 from meshd.cluster.policy import EpochController
 from meshd.core.generation import EpochMode
-from tests.harness.procs import Harness, Orchestrate, Orchestrator, TomlEpoch
+from tests.harness.orchestrate import Orchestrate, Orchestrator, TomlEpoch
+from tests.harness.procs import Harness
 
 # Real seconds any one test may take. Virtual time cannot bound a livelock (tasks that never block never let the
 # clock jump, so no trio timeout fires), e.g. two daemons replacing each other's connections forever.

@@ -30,20 +30,16 @@ from meshd.admin.client import request as admin_request
 from meshd.core.address import Address
 from meshd.core.status import EndCause, LinkEnd, MeshState, PeerState
 from meshd.errors import ExitCode
-from tests.harness.procs import (
+from tests.harness.orchestrate import (
     KILLED,
-    Daemon,
     Generation,
-    Harness,
     Orchestrate,
     Orchestrator,
-    assert_full_mesh,
     generation_order,
-    is_ready,
     log_text,
     record_timing,
-    watching,
 )
+from tests.harness.procs import Daemon, Harness, assert_full_mesh, is_ready, watching
 from tests.harness.virtual import (
     FORM_WITHIN,
     TracingNetwork,

@@ -30,22 +30,8 @@ from meshd.core.wire import Epoch
 from meshd.daemon import FENCE_LINGER, Settings
 from meshd.daemon import Daemon as InProcessDaemon
 from meshd.errors import ExitCode
-from tests.harness.procs import (
-    ADMIN_ERRORS,
-    DEADLINE,
-    HOST,
-    KILLED,
-    RECOVERY,
-    Harness,
-    Orchestrate,
-    free_ports,
-    generation_order,
-    is_ready,
-    log_text,
-    record_timing,
-    watching,
-    write_config,
-)
+from tests.harness.orchestrate import KILLED, RECOVERY, Orchestrate, generation_order, log_text, record_timing
+from tests.harness.procs import ADMIN_ERRORS, DEADLINE, HOST, Harness, free_ports, is_ready, watching, write_config
 from tests.harness.virtual import (
     EPS,
     FORM_WITHIN,
