@@ -4,9 +4,11 @@ peer and the admin server, feeds every event to the model and applies the effect
 Task tree (every failure stays inside the smallest box that can hold it)::
 
     daemon scope (cancelled only here: after a fence, or at the end of an orderly stop)
-    ├── accept loop ── one task per inbound connection, each under the handshake timeout
+    ├── accept loop ── one task per inbound connection, each under the handshake timeout (those that were already
+    │                  queued at the start are served before the links first dial)
     ├── admin websocket server (optional)
     ├── HTTP endpoint: probes and metrics (optional, ``[http] listen``)
+    ├── heartbeat clock: one timer, waking every session's heartbeat sender at each tick
     ├── PeerLink nursery, one per peer ── dial loop, current session (reader + heartbeat sender)
     └── with a worker: the data plane (data connections of the generation) and the worker's supervisor
 
@@ -59,8 +61,9 @@ from meshd.core.wire import Epoch, Goodbye, View
 from meshd.data import DataPlane, FirstFrame, receive_first_frame
 from meshd.errors import BindError, ExitCode
 from meshd.gate import Gate
+from meshd.heartbeat import HeartbeatClock
 from meshd.link import PeerLink, Session, why_no_link
-from meshd.net import Network, TcpNetwork, bind_with_retry
+from meshd.net import Network, TcpNetwork, bind_with_retry, queued
 from meshd.notify import Notifier, status_line
 from meshd.secret import SecretFile
 from meshd.worker.attach import AttachedWorker
@@ -137,6 +140,7 @@ class Daemon:
         if self.notifier is not None:
             self.bus.observe(self._tell_systemd)
         self.gate = Gate(settings.secret, config.limits.pending_handshakes, config.cluster.peers, self._logger)
+        self.heartbeats = HeartbeatClock(config.timeouts.heartbeat_interval)
         self.links = {
             peer: PeerLink(peer, address, self.net, config.timeouts, self, rng)
             for peer, address in enumerate(config.cluster.peers)
@@ -152,6 +156,11 @@ class Daemon:
         self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._accepting = trio.CancelScope()
+        # Connections already waiting in the accept queue when the daemon began to serve (peers that dialed its early
+        # listening port) are served before the links dial: each then makes the pair's one link, not a crossed dial.
+        self._unclaimed = 0  # of those, not accepted yet
+        self._unserved = 0  # of those, not concluded yet (accepted or not)
+        self._backlog_served = trio.Event()
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
@@ -431,6 +440,10 @@ class Daemon:
                     await nursery.start(self.worker.serve)
                 if self.worker is not None:
                     nursery.start_soon(self._supervise_worker)
+                nursery.start_soon(self.heartbeats.run)
+                self._unclaimed = self._unserved = sum(queued(listener) for listener in self._listeners)
+                if not self._unserved:
+                    self._backlog_served.set()
                 for link in self.links.values():
                     await nursery.start(link.run)
                 nursery.start_soon(self._accept_all, self._listeners)
@@ -492,10 +505,33 @@ class Daemon:
                     self.gate.inbound_refused(f"accept failed: {exc.strerror or exc}")
                     await trio.sleep(ACCEPT_ERROR_PAUSE)
                     continue
+                waiting = self._unclaimed > 0  # accepted in order: the queue's first are those that waited
+                if waiting:
+                    self._unclaimed -= 1
                 if not self.gate.admit():
                     await trio.aclose_forcefully(stream)
+                    self._served(waiting)
                     continue
-                nursery.start_soon(self._handle_inbound, stream)
+                nursery.start_soon(self._serve_inbound, stream, waiting)
+
+    async def first_dial(self) -> None:
+        """Until the links may dial: the connections that waited in the accept queue are served (each within a
+        handshake timeout, and the wait is bounded by one too), so a peer that dialed first is not dialed back."""
+        if not self._backlog_served.is_set():
+            with trio.move_on_after(self.settings.config.timeouts.handshake):
+                await self._backlog_served.wait()
+
+    def _served(self, waiting: bool) -> None:
+        if waiting:
+            self._unserved -= 1
+            if not self._unserved:
+                self._backlog_served.set()
+
+    async def _serve_inbound(self, stream: trio.abc.Stream, waiting: bool) -> None:
+        try:
+            await self._handle_inbound(stream)
+        finally:
+            self._served(waiting)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         """Run the handshake on one inbound connection and settle it; garbage is closed and disturbs nothing.

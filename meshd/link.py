@@ -7,7 +7,6 @@ link, and what every exchange decides, is the mesh model's call (``meshd.core``)
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Protocol
 
@@ -22,18 +21,10 @@ from meshd.core.hello import Outcome
 from meshd.core.mesh import Concluded, MeshModel
 from meshd.core.slot import LinkOrigin
 from meshd.core.status import EndCause, LinkEnd
-from meshd.core.wire import Goodbye, Heartbeat, Refuse, View, encode
+from meshd.core.wire import Goodbye, Heartbeat, Refuse, View
 from meshd.gate import Gate
+from meshd.heartbeat import HEARTBEAT_FRAME, HeartbeatClock
 from meshd.net import Network, describe_os_error
-
-# A heartbeat never changes: encode it once.
-HEARTBEAT_FRAME = encode(Heartbeat())
-
-
-def next_tick(now: float, interval: float) -> float:
-    """The first point of the grid ``k * interval`` strictly after ``now`` (float rounding cannot return ``now``)."""
-    tick = (math.floor(now / interval) + 1) * interval
-    return tick if tick > now else tick + interval
 
 
 @define(eq=False)
@@ -70,6 +61,9 @@ class Mesh(Protocol):
     def attempt_failed(self, peer: int, end: LinkEnd) -> None: ...
 
     gate: Gate  # the cluster's keys: every dial authenticates with them
+    heartbeats: HeartbeatClock  # when every link sends its next heartbeat
+
+    async def first_dial(self) -> None: ...
 
 
 def why_no_link(result: ExchangeResult) -> LinkEnd:
@@ -120,6 +114,7 @@ class PeerLink:
 
     async def _dial_loop(self) -> None:
         with self._dialing:
+            await self._mesh.first_dial()
             await self._dial_forever()
 
     # ----- what the daemon applies -----
@@ -233,13 +228,11 @@ class PeerLink:
         self._mesh.link_ended(self.peer, session, session.failure or LinkEnd(EndCause.LOCAL, "link closed"))
 
     async def _send_heartbeats(self, session: Session) -> None:
-        """Send a heartbeat now, then on a grid of the interval shared by every link (and, on one host, every
-        daemon: the monotonic clock is system-wide), so that one wake-up serves all links instead of one each."""
-        interval = self._timeouts.heartbeat_interval
+        """Send a heartbeat now, then at every tick of the daemon's heartbeat clock."""
         try:
             while True:
                 await session.conn.send_bytes(HEARTBEAT_FRAME)
-                await trio.sleep_until(next_tick(trio.current_time(), interval))
+                await self._mesh.heartbeats.wait()
         except LinkFailure as exc:
             session.fail(exc.end)
 

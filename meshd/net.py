@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -31,6 +32,33 @@ class Network(Protocol):
     async def listen(self, address: Address) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
         """Listeners bound to ``address``; raises OSError (EADDRINUSE when the port is busy)."""
         ...
+
+
+@runtime_checkable
+class Queueing(Protocol):
+    """A listener that knows how many connections wait in its accept queue (the simulation's)."""
+
+    def queued(self) -> int: ...
+
+
+# Linux's struct tcp_info: 8 one-byte fields, then tcpi_rto, tcpi_ato, tcpi_snd_mss, tcpi_rcv_mss, tcpi_unacked;
+# for a listening socket tcpi_unacked is its accept queue's length (what ``ss -lt`` shows as Recv-Q).
+TCP_INFO_UNACKED = struct.Struct("8B5I")
+
+
+def queued(listener: trio.abc.Listener[Any]) -> int:
+    """How many connections wait in ``listener``'s accept queue: peers that dialed before the daemon served its
+    port (``meshd run`` listens before it loads). 0 where the platform does not say."""
+    if isinstance(listener, Queueing):
+        return listener.queued()
+    if isinstance(listener, trio.SocketListener) and hasattr(socket, "TCP_INFO"):
+        try:
+            info = listener.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_UNACKED.size)
+        except OSError:
+            return 0
+        if len(info) >= TCP_INFO_UNACKED.size:
+            return int(TCP_INFO_UNACKED.unpack_from(info)[-1])
+    return 0
 
 
 class TcpNetwork:

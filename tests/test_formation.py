@@ -69,6 +69,26 @@ async def test_four_daemons_form_a_full_mesh_with_one_connection_per_pair(autoju
 
 
 @virtual_time
+async def test_peers_waiting_in_the_backlog_are_served_before_the_daemon_dials(autojump_clock):
+    """A daemon listens before it serves (``meshd run`` binds first), so peers that dialed meanwhile wait in its
+    accept queue. It serves them first and dials no peer it got a link from: each pair runs one handshake, not two
+    crossed ones (half of a formation's handshakes when daemons come up one after another)."""
+    net = TracingNetwork()
+    config = make_config(4)
+    late = make_daemon(net, config, 0)
+    await late.bind()
+    async with trio.open_nursery() as nursery:
+        nodes = [await start_node(nursery, make_daemon(net, config, index)) for index in (1, 2, 3)]
+        await wait_until(lambda: sum(c.target == address(0) for c in net.all_connections) == 3, FORM_WITHIN)
+        nodes.insert(0, await start_node(nursery, late))
+        await wait_until(lambda: all_ready(nodes), FORM_WITHIN)
+        assert [target for _, source, target in net.attempts if source == address(0)] == []
+        await trio.sleep(3 * config.timeouts.heartbeat_timeout)  # the other pairs' crossed dials play out
+        assert_one_connection_per_pair(net, nodes)
+        nursery.cancel_scope.cancel()
+
+
+@virtual_time
 async def test_simultaneous_redials_settle_on_one_connection_without_flapping(autojump_clock):
     """After a reset both ends redial at the same instant; the tie-break keeps one of the two connections and the
     link goes down exactly once on each side (no refusal of the losing connection takes the winner down too)."""

@@ -250,7 +250,7 @@ async def test_heartbeats_on_a_non_dyadic_interval_do_not_livelock_in_virtual_ti
     Regression: heartbeats slept until ``(floor(now / interval) + 1) * interval``; when the clock stood exactly on
     a grid point k * interval whose float quotient rounds below k (k = 43 for 0.1), that deadline was ``now``
     itself, the sleep returned at once and the sender spun without ever blocking, so a MockClock never advanced
-    again (on a real clock it only spins until the time moves past the point). ``link.next_tick`` fixed it.
+    again (on a real clock it only spins until the time moves past the point). ``heartbeat.next_tick`` fixed it.
     """
     net = TracingNetwork()
     config = grid_config(2, heartbeat_interval=0.1, heartbeat_timeout=0.5)

@@ -218,6 +218,10 @@ class SimListener(trio.abc.Listener[trio.abc.Stream]):
         except (trio.WouldBlock, trio.ClosedResourceError) as exc:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused") from exc
 
+    def queued(self) -> int:
+        """Connections waiting in the backlog (``meshd.net.queued``)."""
+        return self._receive.statistics().current_buffer_used
+
     async def accept(self) -> trio.abc.Stream:
         """The next connection of the backlog; a paused process takes none (SIGSTOP: the kernel keeps completing
         handshakes into the backlog, and the process serves them after it resumes, hellos of the dead included)."""

@@ -48,10 +48,11 @@ import trio
 from meshd.admin import client as admin
 from meshd.cli import count, seconds
 from meshd.cluster.spawn import write_config
+from meshd.config import load as load_config
 from meshd.core.address import Address
 from meshd.core.status import MeshState, Status
 from meshd.sim.campaign import Summary
-from tools.bench import faults, floors, gloo, handoff, sim
+from tools.bench import faults, fence, floors, gloo, handoff, sim
 from tools.bench.common import (
     CLOCK_TICKS,
     HOST,
@@ -83,7 +84,7 @@ TARGET_IDLE_CPU = 0.5  # percent of one core, per daemon of an idle 16-daemon me
 TARGET_RSS = 30.0  # MiB, per daemon of the same mesh
 # Timeouts of the formation meshes. meshd's defaults (1 s handshake and heartbeat timeout) suit a real network, but
 # Every part, in the order they run; --only picks some.
-PARTS = ("floors", "start", "formation", "idle", "recovery", "detection", "gloo", "sim", "handoff")
+PARTS = ("floors", "start", "formation", "idle", "recovery", "fence", "detection", "gloo", "sim", "handoff")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ class Idle:
     cpu: list[float]  # percent of one core, per daemon
     rss: list[float]  # MiB, per daemon
     ready_after: int  # daemons still ready at the end
+    interval: float  # the daemons' heartbeat_interval, seconds
 
 
 def bench_idle(lab: Lab, size: int, seconds: float) -> Idle:
@@ -182,7 +184,7 @@ def bench_idle(lab: Lab, size: int, seconds: float) -> Idle:
         ready_after = trio.run(states).count(MeshState.READY)
         if any(daemon.exited() is not None for daemon in mesh.daemons):
             raise BenchError("a daemon exited during the idle measurement", mesh.logs())
-        return Idle(size, elapsed, cpu, rss, ready_after)
+        return Idle(size, elapsed, cpu, rss, ready_after, load_config(mesh.config).timeouts.heartbeat_interval)
     finally:
         mesh.kill()
 
@@ -366,6 +368,7 @@ class Results:
     gloo_formation: dict[int, list[gloo.GlooFormation]] = field(default_factory=dict)
     idle: Idle | None = None
     recovery: list[faults.RecoveryRuns] = field(default_factory=list)
+    in_place: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # tools.bench.fence, --on-fence restart
     detection: faults.Detection | None = None
     gloo_kills: list[gloo.GlooKill] = field(default_factory=list)
     gloo_detection: gloo.GlooDetection | None = None
@@ -388,6 +391,8 @@ class Results:
             found.append(report_idle(self.idle))
         if self.recovery:
             found.append(faults.report_recovery(self.recovery))
+        if self.in_place:
+            found.append(f"## 4b. Recovery with in-place restarts\n\n{fence.report(args.recovery_size, self.in_place)}")
         if self.detection is not None:
             found.append(faults.report_detection(self.detection))
         if self.gloo_kills or self.gloo_detection is not None:
@@ -402,9 +407,12 @@ class Results:
                 start=statistics.median(run.listening for run in self.start) if self.start else None,
                 start_target=TARGET_START,
                 formation=self.formation,
-                idle=None if self.idle is None else (self.idle.size, max(self.idle.cpu), max(self.idle.rss)),
+                idle=None
+                if self.idle is None
+                else (self.idle.size, self.idle.interval, max(self.idle.cpu), max(self.idle.rss)),
                 idle_targets=(TARGET_IDLE_CPU, TARGET_RSS),
                 recovery=self.recovery,
+                in_place=self.in_place,
             )
             if summary:
                 found.append(summary)
@@ -430,6 +438,11 @@ def measure(args: argparse.Namespace, results: Results, lab: Lab) -> None:
         results.idle = bench_idle(lab, args.idle_size, args.idle)
     if "recovery" in args.only:
         results.recovery = faults.bench_recovery(args.recovery_size, args.kill_one, args.kill_all, lab, args.seed)
+    if "fence" in args.only:
+        epochs, modes = list(fence.EPOCH_MODES), ["restart"]
+        workdir = lab.workdir / "fence"
+        workdir.mkdir()
+        results.in_place = trio.run(fence.measure, args.recovery_size, args.kill_one, epochs, modes, workdir)
     if "detection" in args.only:
         results.detection = faults.bench_detection(args.recovery_size, args.detections, lab, args.seed)
     if "gloo" in args.only:

@@ -38,6 +38,7 @@ READY_TIMEOUT = 60.0
 # How often the statuses are polled (the figures come from the daemons' state_since, not from this).
 POLL = 0.01
 MODES = ("exit", "restart")
+EPOCH_MODES = ("fixed", "auto")
 
 
 class FencedCluster:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.fence", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4, help="daemons (default 4)")
     parser.add_argument("--trials", type=int, default=10, help="faults per mode (default 10)")
-    parser.add_argument("--epochs", default="fixed,auto", help="epoch modes, comma-separated (default fixed,auto)")
+    parser.add_argument("--epochs", default=",".join(EPOCH_MODES), help="epoch modes, comma-separated (fixed,auto)")
     parser.add_argument("--modes", default=",".join(MODES), help="--on-fence modes (default exit,restart)")
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args(argv)

@@ -11,6 +11,9 @@ Each floor is the least any program must do to reach the point a figure measures
 - N*(N-1)/2 loopback connections between N listening sockets in one process, one small round trip on each, with
   plain non-blocking sockets and a selector (the kernel's floor) and with trio (``trio.open_tcp_stream``, as meshd
   dials): the floor of formation (one connect and the handshake's round trips per link), wall and CPU;
+- one wake-up of a process that sleeps until a frame arrives on a socket (one ``os.read`` each), with a selector
+  and with trio (``wait_readable``, as meshd reads): the floor of an idle daemon's CPU, which must wake for each
+  heartbeat its N-1 peers send per interval;
 - N cold starts at once, sharing the cores (``python -c "import trio"``, ``python -m meshd --version``), spawn of
   the first -> exit of the last: the floor of a recovery (a fence restarts the N-1 survivors while the replacement
   starts) and of a mesh's spawn -> all ready.
@@ -27,11 +30,13 @@ import selectors
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -85,6 +90,51 @@ LISTEN_TRIO = (
     "s.bind((sys.argv[1], int(sys.argv[2])))\n"
     "s.listen(128)\n"
     "trio.run(trio.sleep, 600)\n"
+)
+# A process woken by frames on a socket: a forked sender writes WAKE_FRAMES 16-byte frames WAKE_GAP apart (each
+# arrives alone); the receiver prints its CPU per wake-up, under a selector and then in trio.run. A wake-up costs
+# more the rarer it is (caches go cold), so the probe runs at the rate an idle daemon is woken at.
+WAKE_FRAMES = 120
+WAKE_GAP = 0.25 / 15  # seconds: an idle 16-daemon mesh's heartbeats, 15 peers a heartbeat_interval of 0.25 s
+WAKE = (
+    "import os, resource, selectors, socket, sys, time\n"
+    "frames, gap = int(sys.argv[1]), float(sys.argv[2])\n"
+    "def cpu():\n"
+    "    usage = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    return usage.ru_utime + usage.ru_stime\n"
+    "def sender(sock):\n"
+    "    for _ in range(frames):\n"
+    "        time.sleep(gap)\n"
+    "        sock.send(b'h' * 16)\n"
+    "    os._exit(0)\n"
+    "def pair():\n"
+    "    ours, theirs = socket.socketpair()\n"
+    "    if os.fork() == 0:\n"
+    "        ours.close()\n"
+    "        sender(theirs)\n"
+    "    theirs.close()\n"
+    "    return ours\n"
+    "sock = pair()\n"
+    "selector = selectors.DefaultSelector()\n"
+    "selector.register(sock, selectors.EVENT_READ)\n"
+    "began, woken = cpu(), 0\n"
+    "while True:\n"
+    "    selector.select()\n"
+    "    if not os.read(sock.fileno(), 4096):\n"
+    "        break\n"
+    "    woken += 1\n"
+    "print((cpu() - began) / woken)\n"
+    "import trio\n"
+    "async def main():\n"
+    "    sock = trio.socket.from_stdlib_socket(pair())\n"
+    "    began, woken = cpu(), 0\n"
+    "    while True:\n"
+    "        await trio.lowlevel.wait_readable(sock)\n"
+    "        if not os.read(sock.fileno(), 4096):\n"
+    "            break\n"
+    "        woken += 1\n"
+    "    print((cpu() - began) / woken)\n"
+    "trio.run(main)\n"
 )
 PYTHON = [sys.executable, "-c", "pass"]
 IMPORT_TRIO = [sys.executable, "-c", "import trio"]
@@ -179,6 +229,17 @@ async def _listening_once(lab: Lab, script: str, rss: bool) -> tuple[float, floa
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(lab.fleet.kill, [process])
+
+
+def wake_ups() -> tuple[float, float]:
+    """CPU of one wake-up for a frame on a socket: (under a selector, in trio), seconds each."""
+    command = [sys.executable, "-c", WAKE, str(WAKE_FRAMES), str(WAKE_GAP)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=True)
+        selector, in_trio = (float(line) for line in done.stdout.split())
+    except (subprocess.SubprocessError, ValueError) as exc:
+        raise BenchError(f"the wake-up probe failed: {exc!r}") from exc
+    return selector, in_trio
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,6 +438,14 @@ def bench_floors(lab: Lab, runs: int, link_sizes: Sequence[int], crowd_sizes: Se
         rss_text = "" if floor.rss is None else f", RSS {floor.rss:.1f} MiB"
         progress(f"floors: {figure}: median {ms(floor.median)} ({runs} runs){rss_text}")
 
+    selector = found["wake-selector"] = Floor("a wake-up for a frame on a socket, selector", "(the kernel's share)")
+    in_trio = found["wake-trio"] = Floor("a wake-up for a frame on a socket, trio", "idle CPU: a wake-up per heartbeat")
+    for _ in range(max(1, runs // 3)):
+        for floor, cost in zip((selector, in_trio), wake_ups(), strict=True):
+            floor.values.append(cost)
+            floor.cpu.append(cost)
+    progress(f"floors: CPU of a wake-up: {_us(selector.median)} (selector), {_us(in_trio.median)} (trio)")
+
     for size in sorted(set(link_sizes)):
         if not _raise_fd_limit(size):
             progress(f"floors: loopback links N={size} skipped: the open-file limit is below {size * size} sockets")
@@ -430,10 +499,11 @@ def report_floors(floors: Floors) -> str:
         per_link = "-"
         if floor.links:
             per_link = f"{_us(floor.median / floor.links)} ({_us(median(floor.cpu) / floor.links)} CPU)"
-        cpu = ms(median(floor.cpu)) if floor.cpu else "-"
+        show = _us if floor.median < 0.001 else ms
+        cpu = show(median(floor.cpu)) if floor.cpu else "-"
         rss = "-" if floor.rss is None else f"{floor.rss:.1f} MiB"
         runs = str(len(floor.values))
-        rows.append([floor.figure, runs, ms(floor.median), ms(min(floor.values)), ms(max(floor.values)), cpu])
+        rows.append([floor.figure, runs, show(floor.median), show(min(floor.values)), show(max(floor.values)), cpu])
         rows[-1] += [per_link, rss, floor.of]
     header = ["floor", "runs", "median", "min", "max", "CPU", "per link (CPU)", "RSS", "the floor of"]
     title = f"## 0. Floors: what this machine can do, measured in this run (load {floors.load})"
@@ -478,12 +548,13 @@ def report_summary(
     start: float | None,
     start_target: float,
     formation: dict[int, list[Formation]],
-    idle: tuple[int, float, float] | None,
+    idle: tuple[int, float, float, float] | None,
     idle_targets: tuple[float, float],
     recovery: list[faults.RecoveryRuns],
+    in_place: dict[str, list[dict[str, Any]]],
 ) -> str:
     """Every figure of the parts that ran beside its floor, the ratio and the issue's target. ``start``: the median
-    spawn -> mesh port accepting; ``idle``: (daemons, max CPU %, max RSS MiB)."""
+    spawn -> mesh port accepting; ``idle``: (daemons, heartbeat interval, max CPU %, max RSS MiB)."""
     rows: list[Row] = []
 
     def add(figure: str, measured: float, key: str | None, target: float | None, unit: str = "s") -> None:
@@ -498,6 +569,10 @@ def report_summary(
             continue
         wall = median(run.formation for run in runs)
         add(f"formation N={size}: last listening -> all ready, median", wall, f"raw-{size}", TARGET_FORMATION.get(size))
+        own = [run.formation_own for run in runs if run.formation_own is not None]
+        if own:  # the same without the imports: from the last daemon's own start (trio and meshd loaded)
+            figure = f"formation N={size}: last daemon's own start -> all ready, median"
+            add(figure, median(own), f"raw-{size}", TARGET_FORMATION.get(size))
         per_link = median(run.cpu_per_link for run in runs)
         key = f"raw-{size}"
         floor = floors.get(key)
@@ -519,8 +594,16 @@ def report_summary(
                 None,
             )
     if idle is not None:
-        size, cpu, rss = idle
-        add(f"idle N={size}: CPU per daemon, max", cpu, None, idle_targets[0], "%")
+        size, interval, cpu, rss = idle
+        wake = floors.get("wake-trio")
+        if wake is None:
+            add(f"idle N={size}: CPU per daemon, max", cpu, None, idle_targets[0], "%")
+        else:
+            # A daemon cannot sleep through a heartbeat: each of its N-1 peers' wakes it once per interval.
+            rate = (size - 1) / interval
+            floor = Floor(f"{rate:g} trio wake-ups/s, {_us(wake.median)} each", wake.of, wake.values)
+            percent = 100.0 * rate * wake.median
+            rows.append(Row(f"idle N={size}: CPU per daemon, max", cpu, floor, percent, idle_targets[0], "%"))
         add(f"idle N={size}: RSS per daemon, max", rss, "listen_trio", idle_targets[1], "MiB")
     for runs in recovery:
         values = [run.spawn_to_ready for run in runs.runs]
@@ -531,6 +614,12 @@ def report_summary(
         key = f"crowd-trio-{runs.size}"
         add(f"{name}: p50", median(values), key, faults.TARGET_RECOVERY_P50 if targeted else None)
         add(f"{name}: p99", percentile(values, 0.99), key, faults.TARGET_RECOVERY_P99 if targeted else None)
+    for tag, trials in in_place.items():  # tools.bench.fence: survivors restart in their process, one cold start
+        epochs, _ = tag.split("-")
+        values = [trial["recovery"] for trial in trials]
+        name = f"recovery {epochs} kill one of {trials[0]['survivors'] + 1}, --on-fence restart"
+        add(f"{name}: p50", median(values), "trio", faults.TARGET_RECOVERY_P50)
+        add(f"{name}: p99", percentile(values, 0.99), "trio", faults.TARGET_RECOVERY_P99)
     if not rows:
         return ""
     title = "## Summary: each figure against its floor measured in this run, and its target"
@@ -538,8 +627,10 @@ def report_summary(
         "ratio = measured / floor. Floors (table 0): start -> a bare listener's spawn -> accepting (meshd listens "
         "before it loads trio); formation -> N(N-1)/2 loopback connects + one round trip in one process (sockets + "
         "selector), wall and CPU per link; spawn -> all ready and recovery -> N cold starts of `import trio` at once "
-        "(a fence restarts the survivors while the replacement starts); idle RSS -> a listener that imported trio, "
-        "in trio.run. Idle CPU has no floor (a sleeping process uses none)."
+        "(a fence restarts the survivors while the replacement starts; with --on-fence restart only the "
+        "replacement starts cold: one `import trio`); idle RSS -> a listener that imported trio, "
+        "in trio.run; idle CPU -> one wake-up in trio (table 0) per heartbeat received, (N-1) / heartbeat_interval "
+        "a second."
     )
     return (
         title
