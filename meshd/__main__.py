@@ -1,5 +1,3 @@
-import sys
+from meshd.cli import entry
 
-from meshd.cli import main
-
-sys.exit(main())
+entry()
