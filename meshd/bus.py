@@ -43,6 +43,11 @@ class EventBus:
         self._left = trio.Event()  # set (and replaced) whenever a watcher leaves
         self._observers: list[Callable[[MeshEvent], None]] = []
 
+    @property
+    def watching(self) -> bool:
+        """Whether any watcher is subscribed."""
+        return bool(self._watchers)
+
     def observe(self, observer: Callable[[MeshEvent], None]) -> None:
         """Call ``observer`` synchronously with every event, in order (the simulation's trace and checks)."""
         self._observers.append(observer)

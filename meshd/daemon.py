@@ -82,7 +82,8 @@ STOP_GRACE = 1.0
 # How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
 ACCEPT_ERROR_PAUSE = 0.1
 # After a fence, once every watcher has taken its queued events, how long the process lingers so that the last
-# ones are written out. Nothing can undo a fence in that time: the mesh state is final and no link changes it.
+# ones are written out (only if a watcher was there). Nothing can undo a fence in that time: the mesh state is final
+# and no link changes it.
 FENCE_LINGER = 0.05
 # How long a fenced process waits at most for its watchers to take the fenced event.
 DRAIN_LIMIT = 1.0
@@ -471,9 +472,12 @@ class Daemon:
         self._scope.cancel()
 
     async def _exit_after_watchers_drained(self) -> None:
-        """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), a moment's linger."""
+        """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), and if there were
+        any, a moment's linger (nobody to write to: the restart is not kept waiting)."""
+        watched = self.bus.watching
         await self._leave()
-        await trio.sleep(FENCE_LINGER)
+        if watched:
+            await trio.sleep(FENCE_LINGER)
         self._scope.cancel()
 
     async def _leave(self) -> None:

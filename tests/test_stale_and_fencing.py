@@ -25,7 +25,7 @@ from meshd import config as configuration
 from meshd.admin.client import connect as admin_socket
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
-from meshd.core.status import MeshState, PeerState
+from meshd.core.status import Fenced, MeshState, PeerState
 from meshd.core.wire import Epoch
 from meshd.daemon import FENCE_LINGER, Settings
 from meshd.daemon import Daemon as InProcessDaemon
@@ -69,7 +69,7 @@ async def test_replacement_with_a_newer_epoch_fences_the_old_generation(autojump
             [(fenced_at, event)] = node.events_of("fenced")
             assert "epoch 2" in event["reason"]
             assert event["epoch"] == 1
-            # The daemon lingers exactly FENCE_LINGER so that watchers get the event, then run() returns.
+            # The daemon lingers exactly FENCE_LINGER so that its watcher (the node's recorder) gets the event.
             assert node.finished_at == pytest.approx(fenced_at + FENCE_LINGER, abs=EPS)
             assert node.daemon.exit_code == ExitCode.FENCED
         # The new generation is not fenced by the old one: it keeps running, waiting for its peers.
@@ -271,6 +271,30 @@ async def test_everyone_but_the_victim_paused_then_resumed_exit_75_once_each(
         harness.check("fenced" in log_text(proc), f"resumed daemon {index} exited 75 without logging a fence")
         rejoined = watch.of("ready", "generation")
         harness.check(not rejoined, f"resumed stale daemon {index} got ready or moved: {rejoined}")
+
+
+@virtual_time
+async def test_a_fenced_daemon_that_nobody_watches_ends_at_once(autojump_clock):
+    """The linger after a fence is for watchers to get the "fenced" event; with none subscribed, run() returns at
+    the fence's instant, so an orchestrator's restart of the process is not kept waiting."""
+    net = TracingNetwork()
+    config = make_config(2)
+    unwatched = make_daemon(net, config, 0, epoch=1)
+    fenced: list[float] = []
+    ended: list[float] = []
+    unwatched.bus.observe(lambda event: fenced.append(trio.current_time()) if isinstance(event, Fenced) else None)
+
+    async def run_unwatched(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert await unwatched.run(task_status=task_status) == ExitCode.FENCED
+        ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_unwatched)
+        await start_node(nursery, make_daemon(net, config, 1, epoch=2))
+        await wait_until(lambda: bool(ended), FORM_WITHIN)
+        nursery.cancel_scope.cancel()
+    assert len(fenced) == 1
+    assert ended == [pytest.approx(fenced[0], abs=EPS)]
 
 
 # ----- the fenced event
