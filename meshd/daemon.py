@@ -82,8 +82,8 @@ STOP_GRACE = 1.0
 # How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
 ACCEPT_ERROR_PAUSE = 0.1
 # After a fence, once every watcher has taken its queued events, how long the process lingers so that the last
-# ones are written out (only if a watcher was there). Nothing can undo a fence in that time: the mesh state is final
-# and no link changes it.
+# replies and events are written out (only if an admin client or a watcher is there). Nothing can undo a fence in
+# that time: the mesh state is final and no link changes it.
 FENCE_LINGER = 0.05
 # How long a fenced process waits at most for its watchers to take the fenced event.
 DRAIN_LIMIT = 1.0
@@ -150,6 +150,7 @@ class Daemon:
         self.mesh_address = config.cluster.listen_address(settings.index)
         self.exit_code = ExitCode.OK
         self.fenced_by: Epoch | None = None  # the newer epoch that fenced this process, when one did
+        self.admin_clients = 0  # admin websocket clients connected now (the admin server counts them)
         self._began = trio.Event()
         if self.model.began:
             self._began.set()
@@ -472,11 +473,12 @@ class Daemon:
         self._scope.cancel()
 
     async def _exit_after_watchers_drained(self) -> None:
-        """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), and if there were
-        any, a moment's linger (nobody to write to: the restart is not kept waiting)."""
-        watched = self.bus.watching
+        """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), and if an admin client
+        or a watcher is there, a moment's linger for the last replies and events (else the restart is not kept
+        waiting)."""
+        heard = self.bus.watching or self.admin_clients > 0
         await self._leave()
-        if watched:
+        if heard:
             await trio.sleep(FENCE_LINGER)
         self._scope.cancel()
 

@@ -64,6 +64,7 @@ class Served(Protocol):
     def request_start(self, epoch: Epoch) -> dict[str, Any]: ...
 
     gate: Gate  # counts the connections refused: no or a wrong token, or one client too many
+    admin_clients: int  # admin websocket clients connected now (a fenced daemon lingers for their last replies)
 
 
 class _Counted(trio.abc.Stream):
@@ -205,6 +206,7 @@ async def serve_admin(
             await trio.aclose_forcefully(request._connection._stream)
             return
         ws = await request.accept()
+        daemon.admin_clients += 1
         try:
             async with trio.open_nursery() as nursery:
                 await AdminSession(ws, daemon, nursery).serve()
@@ -214,6 +216,8 @@ async def serve_admin(
             logger.error("admin client {} dropped: {!r}", request.remote, group.exceptions[0])
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose(INTERNAL_ERROR, "internal error")
+        finally:
+            daemon.admin_clients -= 1
 
     server = WebSocketServer(
         handle,
