@@ -48,7 +48,7 @@ import trio
 from meshd.admin import client as admin
 from meshd.cli import count, seconds
 from meshd.cluster.spawn import write_config
-from meshd.config import load as load_config
+from meshd.config import Timeouts
 from meshd.core.address import Address
 from meshd.core.status import MeshState, Status
 from meshd.sim.campaign import Summary
@@ -160,7 +160,6 @@ class Idle:
     cpu: list[float]  # percent of one core, per daemon
     rss: list[float]  # MiB, per daemon
     ready_after: int  # daemons still ready at the end
-    interval: float  # the daemons' heartbeat_interval, seconds
 
 
 def bench_idle(lab: Lab, size: int, seconds: float) -> Idle:
@@ -184,7 +183,7 @@ def bench_idle(lab: Lab, size: int, seconds: float) -> Idle:
         ready_after = trio.run(states).count(MeshState.READY)
         if any(daemon.exited() is not None for daemon in mesh.daemons):
             raise BenchError("a daemon exited during the idle measurement", mesh.logs())
-        return Idle(size, elapsed, cpu, rss, ready_after, load_config(mesh.config).timeouts.heartbeat_interval)
+        return Idle(size, elapsed, cpu, rss, ready_after)
     finally:
         mesh.kill()
 
@@ -407,9 +406,7 @@ class Results:
                 start=statistics.median(run.listening for run in self.start) if self.start else None,
                 start_target=TARGET_START,
                 formation=self.formation,
-                idle=None
-                if self.idle is None
-                else (self.idle.size, self.idle.interval, max(self.idle.cpu), max(self.idle.rss)),
+                idle=None if self.idle is None else (self.idle.size, max(self.idle.cpu), max(self.idle.rss)),
                 idle_targets=(TARGET_IDLE_CPU, TARGET_RSS),
                 recovery=self.recovery,
                 in_place=self.in_place,
@@ -423,7 +420,9 @@ def measure(args: argparse.Namespace, results: Results, lab: Lab) -> None:
     if "floors" in args.only:
         link_sizes = sorted({*floors.LINK_SIZES, *args.sizes})
         crowd_sizes = sorted({args.recovery_size, max(args.sizes)})
-        results.floors = floors.bench_floors(lab, args.floor_runs, link_sizes, crowd_sizes)
+        # The idle part's mesh (default timeouts), as heartbeats alone.
+        idle_mesh = (args.idle_size, Timeouts().heartbeat_interval, args.idle) if "idle" in args.only else None
+        results.floors = floors.bench_floors(lab, args.floor_runs, link_sizes, crowd_sizes, idle_mesh)
     if "start" in args.only:
         results.start = bench_start(lab, args.starts)
     if "formation" in args.only:

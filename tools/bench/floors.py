@@ -11,9 +11,8 @@ Each floor is the least any program must do to reach the point a figure measures
 - N*(N-1)/2 loopback connections between N listening sockets in one process, one small round trip on each, with
   plain non-blocking sockets and a selector (the kernel's floor) and with trio (``trio.open_tcp_stream``, as meshd
   dials): the floor of formation (one connect and the handshake's round trips per link), wall and CPU;
-- one wake-up of a process that sleeps until a frame arrives on a socket (one ``os.read`` each), with a selector
-  and with trio (``wait_readable``, as meshd reads): the floor of an idle daemon's CPU, which must wake for each
-  heartbeat its N-1 peers send per interval;
+- N trio processes in a full mesh on loopback that do nothing but send a heartbeat to every peer at each tick (one
+  timer) and read what arrives: the floor of an idle daemon's CPU;
 - N cold starts at once, sharing the cores (``python -c "import trio"``, ``python -m meshd --version``), spawn of
   the first -> exit of the last: the floor of a recovery (a fence restarts the N-1 survivors while the replacement
   starts) and of a mesh's spawn -> all ready.
@@ -91,51 +90,62 @@ LISTEN_TRIO = (
     "s.listen(128)\n"
     "trio.run(trio.sleep, 600)\n"
 )
-# A process woken by frames on a socket: a forked sender writes WAKE_FRAMES 16-byte frames WAKE_GAP apart (each
-# arrives alone); the receiver prints its CPU per wake-up, under a selector and then in trio.run. A wake-up costs
-# more the rarer it is (caches go cold), so the probe runs at the rate an idle daemon is woken at.
-WAKE_FRAMES = 120
-WAKE_GAP = 0.25 / 15  # seconds: an idle 16-daemon mesh's heartbeats, 15 peers a heartbeat_interval of 0.25 s
-WAKE = (
-    "import os, resource, selectors, socket, sys, time\n"
-    "frames, gap = int(sys.argv[1]), float(sys.argv[2])\n"
+# The least an idle mesh can cost: N trio processes, fully connected on loopback, each sending a small frame to every
+# peer at each tick of a shared grid (one timer) and reading what arrives (one task per peer), nothing else. Each
+# prints its CPU (% of a core) over a window that begins once every process is linked; argv: index, size, interval,
+# settle, seconds, the ports.
+HEARTBEAT_MESH = (
+    "import math, os, resource, sys, trio\n"
+    "index, size = int(sys.argv[1]), int(sys.argv[2])\n"
+    "interval, settle, seconds = (float(value) for value in sys.argv[3:6])\n"
+    "ports = [int(port) for port in sys.argv[6].split(',')]\n"
     "def cpu():\n"
     "    usage = resource.getrusage(resource.RUSAGE_SELF)\n"
     "    return usage.ru_utime + usage.ru_stime\n"
-    "def sender(sock):\n"
-    "    for _ in range(frames):\n"
-    "        time.sleep(gap)\n"
-    "        sock.send(b'h' * 16)\n"
-    "    os._exit(0)\n"
-    "def pair():\n"
-    "    ours, theirs = socket.socketpair()\n"
-    "    if os.fork() == 0:\n"
-    "        ours.close()\n"
-    "        sender(theirs)\n"
-    "    theirs.close()\n"
-    "    return ours\n"
-    "sock = pair()\n"
-    "selector = selectors.DefaultSelector()\n"
-    "selector.register(sock, selectors.EVENT_READ)\n"
-    "began, woken = cpu(), 0\n"
-    "while True:\n"
-    "    selector.select()\n"
-    "    if not os.read(sock.fileno(), 4096):\n"
-    "        break\n"
-    "    woken += 1\n"
-    "print((cpu() - began) / woken)\n"
-    "import trio\n"
     "async def main():\n"
-    "    sock = trio.socket.from_stdlib_socket(pair())\n"
-    "    began, woken = cpu(), 0\n"
-    "    while True:\n"
-    "        await trio.lowlevel.wait_readable(sock)\n"
-    "        if not os.read(sock.fileno(), 4096):\n"
-    "            break\n"
-    "        woken += 1\n"
-    "    print((cpu() - began) / woken)\n"
+    "    listener = trio.socket.socket()\n"
+    "    await listener.bind(('127.0.0.1', ports[index]))\n"
+    "    listener.listen(size)\n"
+    "    peers = []\n"
+    "    async def dial(port):\n"
+    "        while True:\n"
+    "            sock = trio.socket.socket()\n"
+    "            try:\n"
+    "                await sock.connect(('127.0.0.1', port))\n"
+    "            except OSError:\n"
+    "                sock.close()\n"
+    "                await trio.sleep(0.01)\n"
+    "                continue\n"
+    "            peers.append(sock)\n"
+    "            return\n"
+    "    async with trio.open_nursery() as nursery:\n"
+    "        for port in ports[index + 1:]:\n"
+    "            nursery.start_soon(dial, port)\n"
+    "        for _ in range(index):\n"
+    "            peers.append((await listener.accept())[0])\n"
+    "    async def read(sock):\n"
+    "        while True:\n"
+    "            await trio.lowlevel.wait_readable(sock)\n"
+    "            if not os.read(sock.fileno(), 4096):\n"
+    "                return\n"
+    "    async def beat():\n"
+    "        while True:\n"
+    "            await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)\n"
+    "            for sock in peers:\n"
+    "                os.write(sock.fileno(), b'h' * 8)\n"
+    "    async with trio.open_nursery() as nursery:\n"
+    "        for sock in peers:\n"
+    "            nursery.start_soon(read, sock)\n"
+    "        nursery.start_soon(beat)\n"
+    "        await trio.sleep(settle)\n"
+    "        began = cpu()\n"
+    "        await trio.sleep(seconds)\n"
+    "        print(100.0 * (cpu() - began) / seconds, flush=True)\n"
+    "        await trio.sleep(settle)\n"
+    "        nursery.cancel_scope.cancel()\n"
     "trio.run(main)\n"
 )
+MESH_SETTLE = 2.0  # seconds: every process of the heartbeat mesh is linked and past its start-up
 PYTHON = [sys.executable, "-c", "pass"]
 IMPORT_TRIO = [sys.executable, "-c", "import trio"]
 IMPORT_WS = [sys.executable, "-c", "import trio, trio_websocket"]
@@ -150,6 +160,7 @@ class Floor:
     cpu: list[float] = field(default_factory=list)  # seconds of CPU, one per run (per process for a spawn)
     links: int = 0  # links per run (loopback links), for the per-link column
     rss: float | None = None  # MiB, median over runs (listeners)
+    unit: str = "s"  # of the values: "s", or "%" (of a core, one per process: the heartbeat mesh)
 
     @property
     def median(self) -> float:
@@ -231,15 +242,29 @@ async def _listening_once(lab: Lab, script: str, rss: bool) -> tuple[float, floa
             await trio.to_thread.run_sync(lab.fleet.kill, [process])
 
 
-def wake_ups() -> tuple[float, float]:
-    """CPU of one wake-up for a frame on a socket: (under a selector, in trio), seconds each."""
-    command = [sys.executable, "-c", WAKE, str(WAKE_FRAMES), str(WAKE_GAP)]
+def heartbeat_mesh(lab: Lab, size: int, interval: float, seconds: float) -> list[float]:
+    """Spawn the HEARTBEAT_MESH of ``size`` processes at once; each one's CPU (% of a core) over ``seconds``."""
+    ports = lab.ports.take(size)
+    logs = [lab.workdir / "floors" / f"heartbeat-mesh-{index}.log" for index in range(size)]
+    settings = [str(size), str(interval), str(MESH_SETTLE), str(seconds), ",".join(map(str, ports))]
+    processes = [
+        lab.fleet.start([sys.executable, "-c", HEARTBEAT_MESH, str(index), *settings], log)
+        for index, log in enumerate(logs)
+    ]
+    bound = EXIT_TIMEOUT + seconds + 2 * MESH_SETTLE
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=True)
-        selector, in_trio = (float(line) for line in done.stdout.split())
-    except (subprocess.SubprocessError, ValueError) as exc:
-        raise BenchError(f"the wake-up probe failed: {exc!r}") from exc
-    return selector, in_trio
+        codes = [process.wait(timeout=bound) for process in processes]
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"the heartbeat mesh did not end within {bound:g} s", log_tail(logs[0], LOG_TAIL)) from exc
+    finally:
+        lab.fleet.kill(processes)
+    if any(codes):
+        failed = codes.index(next(code for code in codes if code))
+        raise BenchError(f"a heartbeat mesh process exited {codes[failed]}", log_tail(logs[failed], LOG_TAIL))
+    try:
+        return [float(log.read_text().split()[-1]) for log in logs]
+    except (IndexError, ValueError) as exc:
+        raise BenchError("a heartbeat mesh process printed no CPU figure", log_tail(logs[0], LOG_TAIL)) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,9 +423,16 @@ async def trio_links(size: int) -> tuple[float, float]:
 # The part
 
 
-def bench_floors(lab: Lab, runs: int, link_sizes: Sequence[int], crowd_sizes: Sequence[int]) -> Floors:
+def bench_floors(
+    lab: Lab,
+    runs: int,
+    link_sizes: Sequence[int],
+    crowd_sizes: Sequence[int],
+    idle_mesh: tuple[int, float, float] | None = None,
+) -> Floors:
     """Every floor, ``runs`` times each (after one warm-up run of each command, not counted); crowds of
-    ``crowd_sizes`` processes ``max(1, runs // 3)`` times each."""
+    ``crowd_sizes`` processes ``max(1, runs // 3)`` times each; ``idle_mesh`` (size, heartbeat interval, seconds):
+    the heartbeat mesh, once."""
     (lab.workdir / "floors").mkdir(exist_ok=True)
     floors = Floors(runs, load=load())
     found = floors.found
@@ -438,13 +470,13 @@ def bench_floors(lab: Lab, runs: int, link_sizes: Sequence[int], crowd_sizes: Se
         rss_text = "" if floor.rss is None else f", RSS {floor.rss:.1f} MiB"
         progress(f"floors: {figure}: median {ms(floor.median)} ({runs} runs){rss_text}")
 
-    selector = found["wake-selector"] = Floor("a wake-up for a frame on a socket, selector", "(the kernel's share)")
-    in_trio = found["wake-trio"] = Floor("a wake-up for a frame on a socket, trio", "idle CPU: a wake-up per heartbeat")
-    for _ in range(max(1, runs // 3)):
-        for floor, cost in zip((selector, in_trio), wake_ups(), strict=True):
-            floor.values.append(cost)
-            floor.cpu.append(cost)
-    progress(f"floors: CPU of a wake-up: {_us(selector.median)} (selector), {_us(in_trio.median)} (trio)")
+    if idle_mesh is not None:
+        size, interval, seconds = idle_mesh
+        floor = found["idle-mesh"] = Floor(
+            f"{size} trio processes, heartbeats only (interval {interval:g} s): CPU per process", "idle CPU", unit="%"
+        )
+        floor.values = heartbeat_mesh(lab, size, interval, seconds)
+        progress(f"floors: {floor.figure}: median {floor.median:.2f} %, max {max(floor.values):.2f} %")
 
     for size in sorted(set(link_sizes)):
         if not _raise_fd_limit(size):
@@ -491,6 +523,10 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def _percent(value: float) -> str:
+    return f"{value:.2f} %"
+
+
 def report_floors(floors: Floors) -> str:
     rows = []
     for floor in floors.found.values():
@@ -499,7 +535,7 @@ def report_floors(floors: Floors) -> str:
         per_link = "-"
         if floor.links:
             per_link = f"{_us(floor.median / floor.links)} ({_us(median(floor.cpu) / floor.links)} CPU)"
-        show = _us if floor.median < 0.001 else ms
+        show = _percent if floor.unit == "%" else _us if floor.median < 0.001 else ms
         cpu = show(median(floor.cpu)) if floor.cpu else "-"
         rss = "-" if floor.rss is None else f"{floor.rss:.1f} MiB"
         runs = str(len(floor.values))
@@ -548,13 +584,13 @@ def report_summary(
     start: float | None,
     start_target: float,
     formation: dict[int, list[Formation]],
-    idle: tuple[int, float, float, float] | None,
+    idle: tuple[int, float, float] | None,
     idle_targets: tuple[float, float],
     recovery: list[faults.RecoveryRuns],
     in_place: dict[str, list[dict[str, Any]]],
 ) -> str:
     """Every figure of the parts that ran beside its floor, the ratio and the issue's target. ``start``: the median
-    spawn -> mesh port accepting; ``idle``: (daemons, heartbeat interval, max CPU %, max RSS MiB)."""
+    spawn -> mesh port accepting; ``idle``: (daemons, max CPU %, max RSS MiB)."""
     rows: list[Row] = []
 
     def add(figure: str, measured: float, key: str | None, target: float | None, unit: str = "s") -> None:
@@ -594,16 +630,10 @@ def report_summary(
                 None,
             )
     if idle is not None:
-        size, interval, cpu, rss = idle
-        wake = floors.get("wake-trio")
-        if wake is None:
-            add(f"idle N={size}: CPU per daemon, max", cpu, None, idle_targets[0], "%")
-        else:
-            # A daemon cannot sleep through a heartbeat: each of its N-1 peers' wakes it once per interval.
-            rate = (size - 1) / interval
-            floor = Floor(f"{rate:g} trio wake-ups/s, {_us(wake.median)} each", wake.of, wake.values)
-            percent = 100.0 * rate * wake.median
-            rows.append(Row(f"idle N={size}: CPU per daemon, max", cpu, floor, percent, idle_targets[0], "%"))
+        size, cpu, rss = idle
+        mesh = floors.get("idle-mesh")
+        floor_cpu = None if mesh is None else max(mesh.values)  # like the figure: the busiest process
+        rows.append(Row(f"idle N={size}: CPU per daemon, max", cpu, mesh, floor_cpu, idle_targets[0], "%"))
         add(f"idle N={size}: RSS per daemon, max", rss, "listen_trio", idle_targets[1], "MiB")
     for runs in recovery:
         values = [run.spawn_to_ready for run in runs.runs]
@@ -629,8 +659,7 @@ def report_summary(
         "selector), wall and CPU per link; spawn -> all ready and recovery -> N cold starts of `import trio` at once "
         "(a fence restarts the survivors while the replacement starts; with --on-fence restart only the "
         "replacement starts cold: one `import trio`); idle RSS -> a listener that imported trio, "
-        "in trio.run; idle CPU -> one wake-up in trio (table 0) per heartbeat received, (N-1) / heartbeat_interval "
-        "a second."
+        "in trio.run; idle CPU -> N trio processes that only send and read heartbeats, one timer each (the busiest)."
     )
     return (
         title
