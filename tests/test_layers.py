@@ -23,6 +23,7 @@ ABOVE_THE_DAEMON = ("meshd.sim", "meshd.explore", "meshd.cluster", "meshd.safety
 DAEMON_SIDE = (
     "meshd.daemon",
     "meshd.link",
+    "meshd.heartbeat",
     "meshd.connection",
     "meshd.net",
     "meshd.bus",
