@@ -331,7 +331,15 @@ async def test_await_mode_start_op(harness: Harness):
             for s in statuses
         ]
 
-    settled = fingerprint(ready)
+    async def steady() -> tuple[bool, Any]:
+        """Ready at 5 and unchanged over a heartbeat interval: a view in flight at the first ready may still take a
+        daemon to degraded and back (R4), which is the formation's doing, not the start ops'."""
+        before = await harness.statuses(daemons)
+        await trio.sleep(cluster.timeouts["heartbeat_interval"])
+        after = await harness.statuses(daemons)
+        return all(is_ready(status, 5) for status in after) and fingerprint(after) == fingerprint(before), after
+
+    settled = fingerprint(await harness.eventually(steady, "the mesh ready at epoch 5 and steady"))
     answers = await start_all(5, daemons)
     harness.check(all(a.get("ok") is True and a.get("epoch") == 5 for a in answers), f"start 5 again: {answers}")
     answers = await start_all(4, daemons)
