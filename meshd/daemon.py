@@ -32,14 +32,15 @@ import trio
 from attrs import evolve, field, frozen
 from loguru import logger
 
+from meshd.accept import Acceptor
 from meshd.admin.server import serve_admin
 from meshd.bus import EventBus
 from meshd.config import Config
-from meshd.connection import ExchangeResult, LinkFailure, exchange_hellos
+from meshd.connection import ExchangeResult
 from meshd.core import generation
 from meshd.core.address import Address
 from meshd.core.generation import EpochMode
-from meshd.core.hello import Identity, Outcome
+from meshd.core.hello import Identity
 from meshd.core.mesh import Concluded, DropLinks, Effect, Exit, MeshModel, Publish, SendView, StartLinks
 from meshd.core.slot import LinkOrigin
 from meshd.core.status import (
@@ -58,12 +59,12 @@ from meshd.core.status import (
     WorkerStarted,
 )
 from meshd.core.wire import Epoch, Goodbye, View
-from meshd.data import DataPlane, FirstFrame, receive_first_frame
+from meshd.data import DataPlane
 from meshd.errors import BindError, ExitCode
 from meshd.gate import Gate
 from meshd.heartbeat import HeartbeatClock
-from meshd.link import PeerLink, Session, why_no_link
-from meshd.net import Network, TcpNetwork, bind_with_retry, queued
+from meshd.link import PeerLink, Session
+from meshd.net import Network, TcpNetwork, bind_with_retry
 from meshd.notify import Notifier, status_line
 from meshd.secret import SecretFile
 from meshd.worker.attach import AttachedWorker
@@ -79,8 +80,6 @@ if TYPE_CHECKING:
 AWAITED_PLACEHOLDER = Epoch(0)
 # How long an orderly stop waits for goodbyes to go out before cancelling everything.
 STOP_GRACE = 1.0
-# How long the accept loop pauses after the kernel refuses to hand over a connection (e.g. EMFILE).
-ACCEPT_ERROR_PAUSE = 0.1
 # After a fence, once every watcher has taken its queued events, how long the process lingers so that the last
 # replies and events are written out (only if an admin client or a watcher is there). Nothing can undo a fence in
 # that time: the mesh state is final and no link changes it.
@@ -157,12 +156,7 @@ class Daemon:
         self._listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._admin_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
         self._http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = ()
-        self._accepting = trio.CancelScope()
-        # Connections already waiting in the accept queue when the daemon began to serve (peers that dialed its early
-        # listening port) are served before the links dial: each then makes the pair's one link, not a crossed dial.
-        self._unclaimed = 0  # of those, not accepted yet
-        self._unserved = 0  # of those, not concluded yet (accepted or not)
-        self._backlog_served = trio.Event()
+        self.acceptor = Acceptor(self, config.timeouts.handshake)
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # set (and replaced) whenever the model or the data plane changed
@@ -443,12 +437,10 @@ class Daemon:
                 if self.worker is not None:
                     nursery.start_soon(self._supervise_worker)
                 nursery.start_soon(self.heartbeats.run)
-                self._unclaimed = self._unserved = sum(queued(listener) for listener in self._listeners)
-                if not self._unserved:
-                    self._backlog_served.set()
+                self.acceptor.count_backlog(self._listeners)
                 for link in self.links.values():
                     await nursery.start(link.run)
-                nursery.start_soon(self._accept_all, self._listeners)
+                nursery.start_soon(self.acceptor.run, self._listeners)
         with trio.CancelScope(shield=True):
             if self.worker is not None:
                 await self.worker.stop(self.model.exit_reason or "the daemon ends")
@@ -464,7 +456,7 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.stopping()
         self.apply(self.model.stop(reason, self._now(), code))
-        self._accepting.cancel()
+        self.acceptor.stop()
         with trio.move_on_after(STOP_GRACE):
             async with trio.open_nursery() as nursery:
                 for link in self.links.values():
@@ -494,93 +486,9 @@ class Daemon:
         with trio.move_on_after(DRAIN_LIMIT):
             await self.bus.finished()
 
-    async def _accept_all(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
-        with self._accepting:
-            async with trio.open_nursery() as nursery:
-                for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener)
-
-    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
-        """Accept connections; beyond ``limits.pending_handshakes`` in progress, close new ones unheard (a flood of
-        strangers holds a bounded share of the daemon, and the links that are up never wait for it)."""
-        async with listener, trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # out of file descriptors and the like: pause, keep serving
-                    self.gate.inbound_refused(f"accept failed: {exc.strerror or exc}")
-                    await trio.sleep(ACCEPT_ERROR_PAUSE)
-                    continue
-                waiting = self._unclaimed > 0  # accepted in order: the queue's first are those that waited
-                if waiting:
-                    self._unclaimed -= 1
-                if not self.gate.admit():
-                    await trio.aclose_forcefully(stream)
-                    self._served(waiting)
-                    continue
-                nursery.start_soon(self._serve_inbound, stream, waiting)
-
     async def first_dial(self) -> None:
-        """Until the links may dial: the connections that waited in the accept queue are served (each within a
-        handshake timeout, and the wait is bounded by one too), so a peer that dialed first is not dialed back."""
-        if not self._backlog_served.is_set():
-            with trio.move_on_after(self.settings.config.timeouts.handshake):
-                await self._backlog_served.wait()
-
-    def _served(self, waiting: bool) -> None:
-        if waiting:
-            self._unserved -= 1
-            if not self._unserved:
-                self._backlog_served.set()
-
-    async def _serve_inbound(self, stream: trio.abc.Stream, waiting: bool) -> None:
-        try:
-            await self._handle_inbound(stream)
-        finally:
-            self._served(waiting)
-
-    async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
-        """Run the handshake on one inbound connection and settle it; garbage is closed and disturbs nothing.
-
-        With a worker, the first frame is read first, exactly: a DATA hello (or, with a secret, a data connection's
-        CHALLENGE) makes it a data connection, whose bytes after its handshake belong to the worker."""
-        timeout = self.settings.config.timeouts.handshake
-        remote = _remote(stream)
-        first = FirstFrame(b"", None)
-        try:
-            if self.data is not None:
-                with trio.fail_after(timeout):
-                    first = await receive_first_frame(stream)
-            if self.data is not None and first.data:
-                await self.data.accept(stream, first.frame, remote)
-                return
-            auth = self.gate.authenticator(dialer=False, data=False)
-            result = await exchange_hellos(stream, self.model, None, timeout, first.read, auth)
-        except trio.TooSlowError:
-            await stream.aclose()
-            self.gate.inbound_refused(f"no frame within {timeout}s", remote)
-            return
-        except LinkFailure as exc:
-            await stream.aclose()
-            if exc.end.cause is EndCause.UNAUTHENTICATED:
-                self.gate.auth_failed(remote, exc.end.detail)
-            else:
-                self.gate.inbound_refused(exc.end, remote)
-            return
-        finally:
-            self.gate.done()
-        concluded = await self.settle(result, dialer=result.exchange.peer)
-        if concluded.outcome is Outcome.NOTHING:
-            self.gate.inbound_refused(why_no_link(result), remote)
-
-
-def _remote(stream: trio.abc.Stream) -> str:
-    """The peer's address of an accepted connection, for logs ("?" over a transport without one)."""
-    try:
-        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError, TypeError):
-        return "?"
-    return str(Address(host, port))
+        """Until the links may dial: the connections queued at the start are served first (``meshd.accept``)."""
+        await self.acceptor.first_dial()
 
 
 def _worker_name(pid: int | None) -> str:

@@ -24,6 +24,7 @@ DAEMON_SIDE = (
     "meshd.daemon",
     "meshd.link",
     "meshd.heartbeat",
+    "meshd.accept",
     "meshd.connection",
     "meshd.net",
     "meshd.bus",
