@@ -3,7 +3,7 @@
 Three surfaces take bytes nobody vouched for: the frame decoder (anyone who reaches the mesh port), the handshake
 machine on top of it, and the admin API's JSON (anyone who reaches the admin port, and whatever answers the admin
 client). Any other exception there is a crash, a connection task or a daemon lost to one message. The contracts are
-stated once, in ``tools.fuzz.targets`` (the long campaigns of ``scripts/fuzz`` check the same ones); here hypothesis
+stated once, in the target modules of ``tools.fuzz`` (the long campaigns of ``scripts/fuzz`` check the same ones); here hypothesis
 draws the inputs, and a short campaign of each target runs too.
 """
 
@@ -51,25 +51,18 @@ from meshd.core.wire import (
     encode,
 )
 from meshd.errors import RemoteProtocolError
+from tools.fuzz.admin import message_keys, message_pool, mutate_json, run_admin, sample_messages
 from tools.fuzz.campaign import run
-from tools.fuzz.targets import (
+from tools.fuzz.common import mutate, pieces, reframe
+from tools.fuzz.decoder import decode_pieces, frame_pool
+from tools.fuzz.handshake import (
     OUR_HELLO,
     OUR_HELLO_BYTES,
     OUR_NONCE,
     SECRET_KEYS,
     HandshakeCase,
     converse,
-    decode_pieces,
-    frame_pool,
-    message_keys,
-    message_pool,
-    mutate,
-    mutate_json,
-    pieces,
-    reframe,
-    run_admin,
     run_handshake,
-    sample_messages,
     transcripts,
 )
 

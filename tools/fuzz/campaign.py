@@ -1,6 +1,6 @@
 """A fuzz campaign: many seeded inputs of one target, over several processes, with their outcomes and crashes tallied.
 
-A crash is any exception a target's ``run`` raises (``targets.Violation`` included). Crashes are grouped by where
+A crash is any exception a target's ``run`` raises (``common.Violation`` included). Crashes are grouped by where
 they were raised; each group keeps its shortest input, so the input printed is already small.
 """
 
