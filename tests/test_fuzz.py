@@ -3,8 +3,8 @@
 Three surfaces take bytes nobody vouched for: the frame decoder (anyone who reaches the mesh port), the handshake
 machine on top of it, and the admin API's JSON (anyone who reaches the admin port, and whatever answers the admin
 client). Any other exception there is a crash, a connection task or a daemon lost to one message. The contracts are
-stated once, in the target modules of ``tools.fuzz`` (the long campaigns of ``scripts/fuzz`` check the same ones); here hypothesis
-draws the inputs, and a short campaign of each target runs too.
+stated once, in the target modules of ``tools.fuzz`` (the long campaigns of ``scripts/fuzz`` check the same ones);
+here hypothesis draws the inputs, and a short campaign of each target runs too.
 """
 
 import contextlib
