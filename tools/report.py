@@ -1,7 +1,9 @@
-"""What the tools print, once: markdown tables, milliseconds, and the nearest-rank percentile of the simulation."""
+"""What the tools print, once: markdown tables, milliseconds, the nearest-rank percentile of the simulation, and the
+load average printed beside every figure."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 from meshd.sim.campaign import percentile as _sorted_percentile
@@ -28,3 +30,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, aligned: bool
 
     rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def load() -> str:
+    """The load average now, printed beside every figure: the machine is shared, so figures are upper bounds."""
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())

@@ -29,9 +29,9 @@ from meshd.children import die_with_parent
 from meshd.cluster.spawn import HOST
 from meshd.core.address import Address
 from tools.ports import LowPorts
-from tools.report import ms, percentile, table
+from tools.report import load, ms, percentile, table
 
-__all__ = ["HOST", "ms", "percentile", "table"]
+__all__ = ["HOST", "load", "ms", "percentile", "table"]
 
 # Sleep between two polls of a condition that does not hold yet (a port that does not accept, a state).
 POLL_INTERVAL = 0.0005
@@ -55,11 +55,6 @@ class BenchError(Exception):
 
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def load() -> str:
-    """The load average now, printed beside every figure: the machine is shared, so figures are upper bounds."""
-    return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 async def accepts(address: Address) -> bool:

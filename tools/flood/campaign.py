@@ -13,7 +13,6 @@ connection stayed open past the daemon's bound.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from meshd.core.address import Address
 from meshd.core.status import MeshEvent, MeshState, PeerState, Status
 from tools.flood.clients import Flood, FloodResult, Target, admin_target, mesh_target
 from tools.flood.observe import Probe, RssSampler, mib
-from tools.report import ms, table
+from tools.report import load, ms, table
 
 HOST = spawn.HOST
 CLUSTER_NAME = "flood"
@@ -56,10 +55,6 @@ class FloodError(Exception):
 
 def say(text: str) -> None:
     print(f"[flood] {text}", file=sys.stderr, flush=True)
-
-
-def load() -> str:
-    return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 # ----- the cluster
