@@ -149,7 +149,6 @@ class Daemon:
         self.mesh_address = config.cluster.listen_address(settings.index)
         self.exit_code = ExitCode.OK
         self.fenced_by: Epoch | None = None  # the newer epoch that fenced this process, when one did
-        self.admin_clients = 0  # admin websocket clients connected now (the admin server counts them)
         self._began = trio.Event()
         if self.model.began:
             self._began.set()
@@ -468,7 +467,7 @@ class Daemon:
         """The end of a fence: the worker stopped, watchers took the "fenced" event (bounded), and if an admin client
         or a watcher is there, a moment's linger for the last replies and events (else the restart is not kept
         waiting)."""
-        heard = self.bus.watching or self.admin_clients > 0
+        heard = self.bus.watching or self.gate.admin_clients > 0
         await self._leave()
         if heard:
             await trio.sleep(FENCE_LINGER)

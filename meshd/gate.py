@@ -38,6 +38,7 @@ class Gate:
         self._peers = peers
         self._log = log
         self.counters = {"auth_failures": 0, "handshakes_shed": 0, "admin_rejected": 0}  # status fields
+        self.admin_clients = 0  # admin websocket clients connected now (the admin server counts them)
         self._auth_log = Throttle(LOG_INTERVAL)
         self._inbound_log = Throttle(LOG_INTERVAL)
 

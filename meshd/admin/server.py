@@ -64,7 +64,6 @@ class Served(Protocol):
     def request_start(self, epoch: Epoch) -> dict[str, Any]: ...
 
     gate: Gate  # counts the connections refused: no or a wrong token, or one client too many
-    admin_clients: int  # admin websocket clients connected now (a fenced daemon lingers for their last replies)
 
 
 class _Counted(trio.abc.Stream):
@@ -206,7 +205,7 @@ async def serve_admin(
             await trio.aclose_forcefully(request._connection._stream)
             return
         ws = await request.accept()
-        daemon.admin_clients += 1
+        daemon.gate.admin_clients += 1
         try:
             async with trio.open_nursery() as nursery:
                 await AdminSession(ws, daemon, nursery).serve()
@@ -217,7 +216,7 @@ async def serve_admin(
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose(INTERNAL_ERROR, "internal error")
         finally:
-            daemon.admin_clients -= 1
+            daemon.gate.admin_clients -= 1
 
     server = WebSocketServer(
         handle,
