@@ -367,7 +367,7 @@ class Results:
     gloo_formation: dict[int, list[gloo.GlooFormation]] = field(default_factory=dict)
     idle: Idle | None = None
     recovery: list[faults.RecoveryRuns] = field(default_factory=list)
-    in_place: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # tools.bench.fence, --on-fence restart
+    in_place: fence.Results = field(default_factory=dict)  # tools.bench.fence, --on-fence restart
     detection: faults.Detection | None = None
     gloo_kills: list[gloo.GlooKill] = field(default_factory=list)
     gloo_detection: gloo.GlooDetection | None = None

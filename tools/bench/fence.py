@@ -20,8 +20,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -115,7 +115,23 @@ class FencedCluster:
                 process.wait()
 
 
-async def trial(cluster: FencedCluster, before: Epoch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Trial:
+    """One fault: recovery (the replacement's spawn -> every slot ready, seconds), the survivors' exits, how many
+    survivors kept their PID, how many there were, and the epoch the cluster is ready in."""
+
+    recovery: float
+    exits: int
+    pids_kept: int
+    survivors: int
+    epoch: Epoch
+
+
+# Trials by cluster tag ("fixed-restart", "auto-exit", ...).
+Results = dict[str, list[Trial]]
+
+
+async def trial(cluster: FencedCluster, before: Epoch) -> Trial:
     """One kill -9 of the last slot and its replacement (fixed: at a new epoch); recovery, exits and PIDs kept."""
     victim = len(cluster.processes) - 1
     pids = [process.pid for process in cluster.processes[:victim]]
@@ -126,13 +142,11 @@ async def trial(cluster: FencedCluster, before: Epoch) -> dict[str, Any]:
     cluster.processes[victim] = cluster.launch(victim)
     ready, epoch = await cluster.ready(before)
     kept = sum(process.pid == pid for process, pid in zip(cluster.processes, pids, strict=False))
-    return {"recovery": ready - spawned, "exits": cluster.exits, "pids_kept": kept, "survivors": victim, "epoch": epoch}
+    return Trial(ready - spawned, cluster.exits, kept, victim, epoch)
 
 
-async def measure(
-    size: int, trials: int, epochs: list[str], modes: list[str], workdir: Path
-) -> dict[str, list[dict[str, Any]]]:
-    results: dict[str, list[dict[str, Any]]] = {}
+async def measure(size: int, trials: int, epochs: list[str], modes: list[str], workdir: Path) -> Results:
+    results: Results = {}
     for epoch_mode in epochs:
         for mode in modes:
             cluster = FencedCluster(size, mode, epoch_mode == "auto", workdir)
@@ -142,16 +156,16 @@ async def measure(
                 runs = results[cluster.tag] = []
                 for _ in range(trials):
                     runs.append(await trial(cluster, epoch))
-                    epoch = runs[-1]["epoch"]
+                    epoch = runs[-1].epoch
             finally:
                 cluster.close()
     return results
 
 
-def report(size: int, results: dict[str, list[dict[str, Any]]]) -> str:
+def report(size: int, results: Results) -> str:
     rows = []
     for tag, runs in results.items():
-        recoveries = [run["recovery"] for run in runs]
+        recoveries = [run.recovery for run in runs]
         epochs, mode = tag.split("-")
         rows.append([
             epochs,
@@ -160,8 +174,8 @@ def report(size: int, results: dict[str, list[dict[str, Any]]]) -> str:
             ms(statistics.median(recoveries)),
             ms(percentile(recoveries, 0.99)),
             ms(max(recoveries)),
-            f"{statistics.mean(run['exits'] for run in runs):.2f}",
-            f"{sum(run['pids_kept'] for run in runs)}/{sum(run['survivors'] for run in runs)}",
+            f"{statistics.mean(run.exits for run in runs):.2f}",
+            f"{sum(run.pids_kept for run in runs)}/{sum(run.survivors for run in runs)}",
         ])  # fmt: skip
     header = ["epochs", "mode", "faults", "median", "p99", "max", "survivor exits per fault", "survivor PIDs kept"]
     title = f"kill -9 of one of {size} daemons, replacement at once (fixed epochs: at a new epoch)"

@@ -25,11 +25,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from tools.bench import faults
+from tools.bench import faults, fence
 from tools.bench.common import (
     Lab,
     load,
@@ -259,7 +258,7 @@ def report_summary(
     idle: tuple[int, float, float] | None,
     idle_targets: tuple[float, float],
     recovery: list[faults.RecoveryRuns],
-    in_place: dict[str, list[dict[str, Any]]],
+    in_place: fence.Results,
 ) -> str:
     """Every figure of the parts that ran beside its floor, the ratio and the issue's target. ``start``: the median
     spawn -> mesh port accepting; ``idle``: (daemons, max CPU %, max RSS MiB)."""
@@ -318,8 +317,8 @@ def report_summary(
         add(f"{name}: p99", percentile(values, 0.99), key, faults.TARGET_RECOVERY_P99 if targeted else None)
     for tag, trials in in_place.items():  # tools.bench.fence: survivors restart in their process, one cold start
         epochs, _ = tag.split("-")
-        values = [trial["recovery"] for trial in trials]
-        name = f"recovery {epochs} kill one of {trials[0]['survivors'] + 1}, --on-fence restart"
+        values = [trial.recovery for trial in trials]
+        name = f"recovery {epochs} kill one of {trials[0].survivors + 1}, --on-fence restart"
         add(f"{name}: p50", median(values), "trio", faults.TARGET_RECOVERY_P50)
         add(f"{name}: p99", percentile(values, 0.99), "trio", faults.TARGET_RECOVERY_P99)
     if not rows:
