@@ -52,7 +52,8 @@ from tools.chaos.report import (
     write_json,
 )
 from tools.chaos.results import OFFSET, STARTUP, available
-from tools.chaos.trial import Trial, TrialSpec
+from tools.chaos.spec import TrialSpec
+from tools.chaos.trial import Trial
 from tools.chaos.workers import ALLTOALL_KIND, BYTEWAX_KIND, WORKER_KINDS
 from tools.chaos.workers import summary as worker_summary
 from tools.ports import LowPorts

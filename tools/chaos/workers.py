@@ -84,7 +84,7 @@ class Seen:
     epoch: str | None  # MESHD_EPOCH
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, ppid, start time) of a process, or None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -96,7 +96,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 def alive(pid: int, start: int | None) -> bool:
     """Whether process ``pid`` (started at ``start``, when known) still exists and is not a zombie."""
-    found = _stat(pid)
+    found = proc_stat(pid)
     if found is None or found[0] in ("Z", "X"):
         return False
     return start is None or found[2] == start
@@ -121,7 +121,7 @@ def scan(cluster: str, peers: str, kind: str = ALLTOALL_KIND) -> list[Seen]:
         env = dict(item.decode(errors="replace").partition("=")[::2] for item in raw if b"=" in item)
         if env.get("MESHD_CLUSTER") != cluster or env.get("MESHD_PEERS") != peers:
             continue
-        stat = _stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] in ("Z", "X"):
             continue
         index = env.get("MESHD_INDEX", "")
@@ -165,7 +165,7 @@ class WorkerWatch:
         if worker.daemon is None:
             worker.daemon = daemon
         if worker.start is None:
-            stat = _stat(pid)
+            stat = proc_stat(pid)
             if stat is not None and stat[0] not in ("Z", "X") and (daemon is None or stat[1] == daemon.pid):
                 worker.start = stat[2]
         worker.epoch = worker.epoch or epoch
